@@ -1,0 +1,135 @@
+"""Images in, tensors out: folders, odd formats, padding to the codec's multiple, training crops."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
+
+from compressor.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
+#: files that may sit beside images without being one (attribution, checksums)
+IGNORED_NAMES = {"README.md", "README.txt", "SHA256SUMS", "LICENSE", ".DS_Store"}
+
+
+def list_images(folder: Path, minimum: int = 1) -> list[Path]:
+    """The images of a folder, sorted; a stray non-image file is an error, not skipped."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist or is not a folder")
+    images, strays = [], []
+    for p in sorted(folder.iterdir()):
+        if p.is_dir() or p.name in IGNORED_NAMES or p.name.startswith("."):
+            continue
+        (images if p.suffix.lower() in IMAGE_SUFFIXES else strays).append(p)
+    if strays:
+        raise DataError(
+            f"{strays[0]} is not an image file ({len(strays)} such in {folder}); allowed "
+            f"suffixes: {', '.join(IMAGE_SUFFIXES)}"
+        )
+    if len(images) < minimum:
+        raise DataError(
+            f"image folder {folder} has {len(images)} images; at least {minimum} needed "
+            f"({', '.join(IMAGE_SUFFIXES)})"
+        )
+    return images
+
+
+def to_rgb8(img: Image.Image, name: str) -> np.ndarray:
+    """8-bit RGB HxWx3 of any PIL image, with a logged note when it had to convert."""
+    if img.mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 65535.0 if arr.max() > 255 else 255.0
+        grey = np.clip(np.round(arr / scale * 255.0), 0, 255).astype(np.uint8)
+        log.info("%s: %s (16-bit) image converted to 8-bit RGB", name, img.mode)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        log.info("%s: %s image composited on white and converted to RGB", name, img.mode)
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
+    log.info("%s: %s image converted to 8-bit RGB", name, img.mode)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def read_rgb8(path: Path) -> np.ndarray:
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = to_rgb8(img, path.name)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path} is not a readable image ({type(e).__name__}: {e})") from None
+    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise DataError(f"{path} has an unusable shape {arr.shape}")
+    return arr
+
+
+def to_tensor(rgb8: np.ndarray) -> torch.Tensor:
+    """1x3xHxW float in [0, 1] from HxWx3 uint8 (what CompressAI's ToTensor gives)."""
+    return torch.from_numpy(np.ascontiguousarray(rgb8)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def to_rgb8_array(x: torch.Tensor) -> np.ndarray:
+    """HxWx3 uint8 from 1x3xHxW float in [0, 1]: clamp, scale, round (CompressAI's eval rule)."""
+    return (x[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+@dataclass(frozen=True)
+class Padding:
+    """Centred zero padding to a multiple, as compressai.ops.compute_padding does it."""
+
+    left: int
+    right: int
+    top: int
+    bottom: int
+
+    @classmethod
+    def to_multiple(cls, h: int, w: int, multiple: int) -> Padding:
+        out_h = (h + multiple - 1) // multiple * multiple
+        out_w = (w + multiple - 1) // multiple * multiple
+        return cls((out_w - w) // 2, out_w - w - (out_w - w) // 2, (out_h - h) // 2,
+                   out_h - h - (out_h - h) // 2)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (self.left, self.right, self.top, self.bottom), mode="constant", value=0)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return x[..., self.top : h - self.bottom, self.left : w - self.right]
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Random crops with flips (torchvision.transforms.v2) of images held in memory as uint8."""
+
+    def __init__(self, images: list[np.ndarray], crop: int, train: bool) -> None:
+        small = [a.shape[:2] for a in images if min(a.shape[:2]) < crop]
+        if small:
+            raise DataError(f"training crop {crop} is larger than an image of size {small[0]}")
+        self.images = [torch.from_numpy(np.array(a)).permute(2, 0, 1).contiguous() for a in images]
+        ops: list[v2.Transform] = [v2.RandomCrop(crop) if train else v2.CenterCrop(crop)]
+        if train:
+            ops += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+        ops.append(v2.ToDtype(torch.float32, scale=True))
+        self.transform = v2.Compose(ops)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self.images[index])
+
+
+def load_folder(folder: Path, minimum: int = 1) -> list[np.ndarray]:
+    return [read_rgb8(p) for p in list_images(folder, minimum)]

@@ -1,0 +1,136 @@
+"""CompressAI's zoo architectures (bmshj2018, mbt2018, cheng2020) behind one adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from compressai.models import (
+    Cheng2020Anchor,
+    FactorizedPrior,
+    JointAutoregressiveHierarchicalPriors,
+    MeanScaleHyperprior,
+    ScaleHyperprior,
+)
+from compressai.models.base import CompressionModel
+from compressai.zoo.image import cfgs
+from torch import nn
+
+from compressor import bitstream
+from compressor.errors import CheckpointError
+from compressor.models.base import MODELS, CodecAdapter, RDOutput
+
+NETS: dict[str, type[CompressionModel]] = {
+    "bmshj2018-factorized": FactorizedPrior,
+    "bmshj2018-hyperprior": ScaleHyperprior,
+    "mbt2018-mean": MeanScaleHyperprior,
+    "mbt2018": JointAutoregressiveHierarchicalPriors,
+    "cheng2020-anchor": Cheng2020Anchor,
+}
+
+#: CompressAI's published MSE lambdas per quality (docs: "Image compression" zoo table).
+LAMBDAS_MSE = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.18}
+
+#: which module holds each component; absent ones are skipped for that arch.
+COMPONENT_ATTRS = {
+    "encoder": "g_a",
+    "decoder": "g_s",
+    "hyper_encoder": "h_a",
+    "hyper_decoder": "h_s",
+    "context": "context_prediction",
+    "entropy": "entropy_bottleneck",
+    "entropy_parameters": "entropy_parameters",
+}
+
+
+class ZooAdapter(CodecAdapter):
+    family = "compressai"
+
+    @classmethod
+    def build(cls, arch: str, config: dict[str, Any]) -> ZooAdapter:
+        net_cls = NETS[arch]
+        try:
+            net = net_cls(**{k: int(v) for k, v in config.items()})
+        except TypeError as e:
+            allowed = "N" if arch.startswith("cheng2020") else "N, M"
+            raise CheckpointError(f"bad config {config} for {arch}: needs {allowed}") from e
+        return cls(arch, config, net)
+
+    @classmethod
+    def default_config(cls, arch: str, quality: int) -> dict[str, Any]:
+        table = cfgs[arch]
+        if quality not in table:
+            raise CheckpointError(
+                f"{arch} has no quality {quality}; allowed: {min(table)}..{max(table)}"
+            )
+        keys = ("N",) if arch.startswith("cheng2020") else ("N", "M")
+        return dict(zip(keys, table[quality], strict=True))
+
+    @classmethod
+    def infer_config(cls, arch: str, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+        # Same rule as CompressAI's from_state_dict: N from g_a's first conv, M from its last.
+        try:
+            if arch.startswith("cheng2020"):
+                return {"N": int(state_dict["g_a.0.conv1.weight"].size(0))}
+            return {
+                "N": int(state_dict["g_a.0.weight"].size(0)),
+                "M": int(state_dict["g_a.6.weight"].size(0)),
+            }
+        except KeyError as e:
+            raise CheckpointError(
+                f"the weights are not a {arch} model (no tensor {e.args[0]!r})"
+            ) from None
+
+    @classmethod
+    def guess_arch(cls, state_dict: dict[str, torch.Tensor]) -> str | None:
+        keys = set(state_dict)
+        if "context_prediction.weight" in keys:
+            return "cheng2020-anchor" if "g_a.0.conv1.weight" in keys else "mbt2018"
+        if "h_a.0.weight" in keys and "g_a.6.weight" in keys and "h_s.4.weight" in keys:
+            latent = state_dict["g_a.6.weight"].size(0)
+            scales_out = state_dict["h_s.4.weight"].size(0)
+            return "mbt2018-mean" if scales_out == 2 * latent else "bmshj2018-hyperprior"
+        if "g_a.6.weight" in keys and "entropy_bottleneck._matrix0" in keys:
+            return "bmshj2018-factorized"
+        return None
+
+    def components(self) -> dict[str, nn.Module]:
+        return {
+            name: getattr(self.net, attr)
+            for name, attr in COMPONENT_ATTRS.items()
+            if hasattr(self.net, attr)
+        }
+
+    def forward_rd(self, x: torch.Tensor) -> RDOutput:
+        out = self.net(x)
+        return RDOutput(x_hat=out["x_hat"], likelihoods=dict(out["likelihoods"]))
+
+    def compress(self, x: torch.Tensor) -> bytes:
+        out = self.net.compress(x)
+        strings = [s[0] for s in out["strings"]]
+        return bitstream.pack(strings, [int(v) for v in out["shape"]])
+
+    def decompress(self, data: bytes) -> torch.Tensor:
+        strings, shape = bitstream.unpack(data)
+        out = self.net.decompress([[s] for s in strings], shape)
+        return out["x_hat"]
+
+    def aux_loss(self) -> torch.Tensor:
+        return self.net.aux_loss()
+
+    def aux_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.net.named_parameters() if n.endswith(".quantiles")]
+
+    def finalize(self) -> None:
+        self.net.update(force=True)
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        # CompressionModel.load_state_dict resizes the entropy tables' buffers first.
+        self.net.load_state_dict(state_dict)
+
+    def coupled_channels(self) -> dict[str, list[str]]:
+        return {"latent": ["encoder", "decoder", "hyper_encoder", "entropy"]}
+
+
+for _arch in NETS:
+    MODELS.add(_arch, ZooAdapter)

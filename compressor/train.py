@@ -1,0 +1,246 @@
+"""The one training loop. Training from scratch, fine-tuning, QAT and distillation all call it.
+
+Rate-distortion loss `lambda * 255^2 * MSE + bpp` (CompressAI's RateDistortionLoss), the
+entropy models' aux loss on its own optimizer, Adam, ReduceLROnPlateau on the held-out loss,
+early stopping (patience, min delta), random crops + flips, and a resume file that restores
+the model, both optimizers, the scheduler, the RNG and the step count.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from compressor import checkpoint
+from compressor.data import CropDataset
+from compressor.errors import DataError
+from compressor.fsutil import atomic_file
+from compressor.models import CodecAdapter
+from compressor.progress import NullReporter, Reporter
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[CodecAdapter, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one training run (CLI options and recipe `finetune` fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lmbda: float = Field(0.0035, gt=0, description="RD trade-off; CompressAI's value per quality")
+    crop: int = Field(256, ge=64, description="training crop size (pixels)")
+    val_crop: int = Field(512, ge=64, description="centre crop of held-out images (pixels)")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    aux_lr: float = Field(1e-3, gt=0)
+    max_steps: int = Field(1000, ge=1, description="total optimizer steps (across resumes)")
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget (across resumes)")
+    eval_every: int = Field(100, ge=1, description="steps between held-out evaluations")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of images held out")
+    patience: int = Field(8, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(1e-4, ge=0, description="improvement smaller than this is none")
+    lr_patience: int = Field(3, ge=1, description="evaluations without improvement before LR/2")
+    clip_max_norm: float = Field(1.0, ge=0)
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_val_loss: float
+    stopped: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def rd_loss(lmbda: float) -> LossFn:
+    def loss_fn(model: CodecAdapter, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model.forward_rd(x)
+        num_pixels = x.size(0) * x.size(2) * x.size(3)
+        mse = F.mse_loss(out.x_hat, x)
+        bpp = out.bpp(num_pixels)
+        loss = lmbda * 255.0**2 * mse + bpp
+        if out.extra_loss is not None:
+            loss = loss + out.extra_loss
+        psnr = -10 * math.log10(max(mse.item(), 1e-10))
+        return loss, {"loss": loss.item(), "bpp": bpp.item(), "psnr": psnr}
+
+    return loss_fn
+
+
+def split_images(images: list[np.ndarray], fraction: float, seed: int) -> tuple[list, list]:
+    if len(images) < 2:
+        raise DataError(f"training needs at least 2 images (one held out); got {len(images)}")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, round(len(images) * fraction))
+    return [images[i] for i in order[n_val:]], [images[i] for i in order[:n_val]]
+
+
+def resume_path(out: Path) -> Path:
+    return Path(out).with_suffix(".resume.pt")
+
+
+class _Trainer:
+    def __init__(self, model: CodecAdapter, cfg: TrainConfig, loss_fn: LossFn) -> None:
+        self.model, self.cfg, self.loss_fn = model, cfg, loss_fn
+        aux_ids = {id(p) for p in model.aux_parameters()}
+        main = [p for p in model.net.parameters() if id(p) not in aux_ids and p.requires_grad]
+        self.opt = torch.optim.Adam(main, lr=cfg.lr)
+        self.aux_opt = (
+            torch.optim.Adam(model.aux_parameters(), lr=cfg.aux_lr) if aux_ids else None
+        )
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="min", factor=0.5, patience=cfg.lr_patience - 1
+        )
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step, self.elapsed, self.bad_evals = 0, 0.0, 0
+        self.best = math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, float]] = []
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "checkpoint": checkpoint.to_dict(self.model),
+            "opt": self.opt.state_dict(),
+            "aux_opt": self.aux_opt.state_dict() if self.aux_opt else {},
+            "sched": self.sched.state_dict(),
+            "gen": self.gen.get_state(),
+            "rng": torch.get_rng_state(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "bad_evals": self.bad_evals,
+            "best": self.best,
+            "best_state": self.best_state or {},
+            "history": self.history,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["checkpoint"]["state_dict"])
+        self.opt.load_state_dict(state["opt"])
+        if self.aux_opt and state["aux_opt"]:
+            self.aux_opt.load_state_dict(state["aux_opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.gen.set_state(state["gen"])
+        torch.set_rng_state(state["rng"])
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        self.bad_evals, self.best = int(state["bad_evals"]), float(state["best"])
+        self.best_state = state["best_state"] or None
+        self.history = list(state["history"])
+
+    def train_step(self, batch: torch.Tensor) -> dict[str, float]:
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss, logs = self.loss_fn(self.model, batch)
+        loss.backward()
+        if self.cfg.clip_max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.opt.param_groups for p in g["params"]], self.cfg.clip_max_norm
+            )
+        self.opt.step()
+        if self.aux_opt is not None:
+            self.aux_opt.zero_grad(set_to_none=True)
+            aux = self.model.aux_loss()
+            aux.backward()
+            self.aux_opt.step()
+            logs["aux"] = aux.item()
+        self.step += 1
+        return logs
+
+    @torch.no_grad()
+    def evaluate(self, val: CropDataset) -> dict[str, float]:
+        self.model.eval()
+        sums: dict[str, float] = {}
+        for i in range(len(val)):
+            _, logs = self.loss_fn(self.model, val[i][None])
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v / len(val)
+        return sums
+
+    def after_eval(self, logs: dict[str, float]) -> bool:
+        """Record an evaluation; True when early stopping says stop."""
+        self.sched.step(logs["loss"])
+        self.history.append({"step": self.step, "lr": self.opt.param_groups[0]["lr"], **logs})
+        log.info("step %d: held-out loss %.4f  bpp %.4f  PSNR %.2f dB  lr %.2g  (%.1f min)",
+                 self.step, logs["loss"], logs["bpp"], logs["psnr"],
+                 self.opt.param_groups[0]["lr"], self.elapsed / 60)
+        if logs["loss"] < self.best - self.cfg.min_delta:
+            self.best, self.bad_evals = logs["loss"], 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.bad_evals += 1
+        return self.bad_evals >= self.cfg.patience
+
+
+def train(
+    model: CodecAdapter,
+    images: list[np.ndarray],
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    loss_fn: LossFn | None = None,
+    resume: bool = True,
+    meta: dict[str, Any] | None = None,
+    reporter: Reporter | None = None,
+) -> TrainResult:
+    """Train `model` in place, save the best held-out checkpoint to `out`, keep a resume file."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    reporter = reporter or NullReporter()
+    train_imgs, val_imgs = split_images(images, cfg.val_fraction, cfg.seed)
+    train_set = CropDataset(train_imgs, cfg.crop, train=True)
+    val_crop = min(cfg.val_crop, *(min(a.shape[:2]) for a in val_imgs)) // 64 * 64
+    val_set = CropDataset(val_imgs, max(val_crop, 64), train=False)
+    trainer = _Trainer(model, cfg, loss_fn or rd_loss(cfg.lmbda))
+    rpath = resume_path(out)
+    if resume and rpath.exists():
+        trainer.restore(checkpoint.safe_load(rpath))
+        log.info("resumed %s at step %d", rpath, trainer.step)
+    stopped = "max_steps"
+    reporter.start("training", cfg.max_steps)
+    reporter.advance(trainer.step)
+    t0 = time.monotonic() - trainer.elapsed
+    while trainer.step < cfg.max_steps:
+        idx = torch.randint(len(train_set), (cfg.batch_size,), generator=trainer.gen)
+        logs = trainer.train_step(torch.stack([train_set[int(i)] for i in idx]))
+        trainer.elapsed = time.monotonic() - t0
+        reporter.advance(1, loss=logs["loss"], bpp=logs["bpp"], psnr=logs["psnr"])
+        last = trainer.step >= cfg.max_steps
+        over_time = cfg.max_minutes is not None and trainer.elapsed > cfg.max_minutes * 60
+        if trainer.step % cfg.eval_every == 0 or last or over_time:
+            if trainer.after_eval(trainer.evaluate(val_set)):
+                stopped = "early_stopping"
+            _save_resume(trainer, rpath)
+            if stopped == "early_stopping":
+                break
+        if over_time:
+            stopped = "max_minutes"
+            break
+    reporter.finish()
+    if trainer.best_state is not None:
+        model.load_state_dict(trainer.best_state)
+    model.finalize()
+    result = TrainResult(trainer.step, trainer.best, stopped, trainer.history)
+    train_meta = {
+        "train": {**cfg.model_dump(), "steps": trainer.step, "stopped": stopped,
+                  "best_val_loss": trainer.best, "minutes": round(trainer.elapsed / 60, 2)},
+        "history": trainer.history,
+    }
+    checkpoint.save(model, out, {**(meta or {}), **train_meta})
+    return result
+
+
+def _save_resume(trainer: _Trainer, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        torch.save(trainer.state(), tmp)

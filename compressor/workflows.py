@@ -1,0 +1,57 @@
+"""Library entry points behind the CLI commands (each also usable from Python)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from compressor import checkpoint
+from compressor.data import load_folder
+from compressor.errors import CheckpointError, RecipeError
+from compressor.models import MODELS, CodecAdapter
+from compressor.progress import Reporter
+from compressor.train import TrainConfig, TrainResult, train
+
+
+def parse_config(text: str) -> dict[str, int]:
+    """'N=64,M=96' -> {'N': 64, 'M': 96}."""
+    config = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not value.strip().isdigit():
+            raise RecipeError(f"--config {text!r}: expected KEY=INT pairs like N=64,M=96")
+        config[key.strip()] = int(value)
+    return config
+
+
+def new_model(arch: str, quality: int | None, config_text: str | None) -> CodecAdapter:
+    adapter = MODELS.get(arch)
+    config = adapter.default_config(arch, quality or 1)
+    if config_text:
+        config.update(parse_config(config_text))
+    return adapter.build(arch, config)
+
+
+def default_lambda(quality: int | None, meta: dict[str, Any]) -> float | None:
+    from compressor.models.compressai_zoo import LAMBDAS_MSE
+
+    if quality is not None:
+        if quality not in LAMBDAS_MSE:
+            raise CheckpointError(f"quality {quality} unknown; allowed 1..8")
+        return LAMBDAS_MSE[quality]
+    return meta.get("train", {}).get("lmbda")
+
+
+def train_model(*, arch: str, quality: int | None, config_text: str | None,
+                init_path: Path | None, data: Path, out: Path, resume: bool,
+                overrides: dict[str, Any], reporter: Reporter | None = None) -> TrainResult:
+    if init_path is not None:
+        model = checkpoint.load(init_path, arch)
+    else:
+        model = new_model(arch, quality, config_text)
+    meta = dict(getattr(model, "meta", {}) or {})
+    lmbda = default_lambda(quality, meta)
+    cfg = TrainConfig(**({"lmbda": lmbda} if lmbda else {}), **overrides)
+    images = load_folder(data, minimum=2)
+    meta.update({"quality": quality, "data": str(data)})
+    return train(model, images, cfg, out, resume=resume, meta=meta, reporter=reporter)
