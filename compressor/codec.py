@@ -7,6 +7,7 @@ cropping back happen inside the codec, so bytes * 8 / pixels is the true bpp.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -44,6 +45,9 @@ class TorchCodec:
             payload = self.model.compress(pad.pad(to_tensor(rgb8)))
         return bitstream.write_varint(h) + bitstream.write_varint(w) + payload
 
+    def estimated_bpp(self, rgb8: np.ndarray) -> float:
+        return estimated_bpp(self.model, rgb8)
+
     def decode(self, data: bytes) -> np.ndarray:
         import torch
 
@@ -56,3 +60,41 @@ class TorchCodec:
         with torch.no_grad():
             x_hat = self.model.decompress(data[pos:])
         return to_rgb8_array(pad.crop(x_hat))
+
+
+def estimated_bpp(model, rgb8: np.ndarray) -> float:  # type: ignore[no-untyped-def]
+    """The rate the entropy models predict (likelihoods), padded input, unpadded pixels."""
+    import torch
+
+    from compressor.data import Padding, to_tensor
+
+    h, w = rgb8.shape[:2]
+    pad = Padding.to_multiple(h, w, model.pad_multiple)
+    with torch.no_grad():
+        out = model.forward_rd(pad.pad(to_tensor(rgb8)))
+    return float(out.bpp(h * w))
+
+
+def open_codec(path: Path, arch: str | None = None, provider: str = "cpu",
+               threads: int | None = None, name: str | None = None) -> Codec:
+    """A Codec for a checkpoint file, or for an exported ONNX folder (the deployable runtime)."""
+    from compressor.errors import CheckpointError
+
+    path = Path(path)
+    if path.is_dir():
+        if (path / "model.pt").is_file():  # a pipeline step's folder
+            return open_codec(path / "model.pt", arch, provider, threads, name)
+        from compressor.runtime import load_codec
+
+        codec = load_codec(path, provider=provider, threads=threads)
+        codec.name = name or f"onnx:{path.name}"
+        return codec
+    if not path.exists():
+        raise CheckpointError(f"model {path} does not exist (a checkpoint file or export folder)")
+    import torch
+
+    from compressor import checkpoint
+
+    if threads:
+        torch.set_num_threads(threads)
+    return TorchCodec(checkpoint.load(path, arch), name or f"torch:{path.name}")

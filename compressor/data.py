@@ -78,7 +78,7 @@ def read_rgb8(path: Path) -> np.ndarray:
 
 def to_tensor(rgb8: np.ndarray) -> torch.Tensor:
     """1x3xHxW float in [0, 1] from HxWx3 uint8 (what CompressAI's ToTensor gives)."""
-    return torch.from_numpy(np.ascontiguousarray(rgb8)).permute(2, 0, 1)[None].float() / 255.0
+    return torch.from_numpy(np.array(rgb8, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
 
 
 def to_rgb8_array(x: torch.Tensor) -> np.ndarray:
@@ -132,4 +132,24 @@ class CropDataset(torch.utils.data.Dataset):
 
 
 def load_folder(folder: Path, minimum: int = 1) -> list[np.ndarray]:
-    return [read_rgb8(p) for p in list_images(folder, minimum)]
+    return [read_rgb8(p) for p in image_paths(folder, minimum)]
+
+
+#: scikit-image's bundled colour photos: the embedded default evaluation set (no download)
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "ihc.png")
+SKIMAGE = "skimage"
+
+
+def image_paths(source: str | Path, minimum: int = 1) -> list[Path]:
+    """Paths of an image source: a folder, or 'skimage' for scikit-image's sample photos."""
+    if str(source) == SKIMAGE:
+        import skimage
+
+        folder = Path(skimage.__file__).parent / "data"
+        return [folder / name for name in SKIMAGE_PHOTOS]
+    return list_images(Path(source), minimum)
+
+
+def load_images(source: str | Path, minimum: int = 1) -> list[tuple[str, np.ndarray]]:
+    """(name, HxWx3 uint8) of every image of a source, in a stable order."""
+    return [(p.name, read_rgb8(p)) for p in image_paths(source, minimum)]

@@ -19,6 +19,7 @@ from torch import nn
 from compressor import bitstream
 from compressor.errors import CheckpointError
 from compressor.models.base import MODELS, CodecAdapter, RDOutput
+from compressor.models.resize import apply_widths, shape_map, shapes_from_state_dict
 
 NETS: dict[str, type[CompressionModel]] = {
     "bmshj2018-factorized": FactorizedPrior,
@@ -50,10 +51,16 @@ class ZooAdapter(CodecAdapter):
     def build(cls, arch: str, config: dict[str, Any]) -> ZooAdapter:
         net_cls = NETS[arch]
         try:
-            net = net_cls(**{k: int(v) for k, v in config.items()})
+            net = net_cls(**{k: int(v) for k, v in config.items() if k != "widths"})
         except TypeError as e:
             allowed = "N" if arch.startswith("cheng2020") else "N, M"
             raise CheckpointError(f"bad config {config} for {arch}: needs {allowed}") from e
+        # A pruned model's layers differ from (N, M): its config records those widths.
+        widths = config.get("widths")
+        if widths:
+            if not isinstance(widths, dict):
+                raise CheckpointError(f"config widths of {arch} must be a map, got {widths!r}")
+            apply_widths(net, widths)
         return cls(arch, config, net)
 
     @classmethod
@@ -71,15 +78,24 @@ class ZooAdapter(CodecAdapter):
         # Same rule as CompressAI's from_state_dict: N from g_a's first conv, M from its last.
         try:
             if arch.startswith("cheng2020"):
-                return {"N": int(state_dict["g_a.0.conv1.weight"].size(0))}
-            return {
-                "N": int(state_dict["g_a.0.weight"].size(0)),
-                "M": int(state_dict["g_a.6.weight"].size(0)),
-            }
+                config: dict[str, Any] = {"N": int(state_dict["g_a.0.conv1.weight"].size(0))}
+            else:
+                config = {
+                    "N": int(state_dict["g_a.0.weight"].size(0)),
+                    "M": int(state_dict["g_a.6.weight"].size(0)),
+                }
         except KeyError as e:
             raise CheckpointError(
                 f"the weights are not a {arch} model (no tensor {e.args[0]!r})"
             ) from None
+        # Layers whose tensors differ from an (N, M) build (a pruned model) get their widths.
+        ref = NETS[arch](**config)
+        stored = shapes_from_state_dict(ref, state_dict)
+        fresh = shape_map(ref)
+        widths = {p: s for p, s in stored.items() if fresh.get(p) != s}
+        if widths:
+            config["widths"] = widths
+        return config
 
     @classmethod
     def guess_arch(cls, state_dict: dict[str, torch.Tensor]) -> str | None:
@@ -90,7 +106,7 @@ class ZooAdapter(CodecAdapter):
             latent = state_dict["g_a.6.weight"].size(0)
             scales_out = state_dict["h_s.4.weight"].size(0)
             return "mbt2018-mean" if scales_out == 2 * latent else "bmshj2018-hyperprior"
-        if "g_a.6.weight" in keys and "entropy_bottleneck._matrix0" in keys:
+        if "g_a.6.weight" in keys and "entropy_bottleneck.quantiles" in keys:
             return "bmshj2018-factorized"
         return None
 

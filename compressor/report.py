@@ -1,0 +1,121 @@
+"""Reports: report.json (everything), report.md (tables for people), and plots (matplotlib)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from compressor.fsutil import atomic_file, write_text
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no inf/nan: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def md_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join([head, rule, *body])
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_text(path, json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
+
+
+def write_markdown(path: Path, title: str, sections: Sequence[tuple[str, str]]) -> None:
+    parts = [f"# {title}", ""]
+    for heading, body in sections:
+        parts += [f"## {heading}", "", body, ""]
+    write_text(path, "\n".join(parts))
+
+
+EVAL_COLUMNS = ("image", "bpp", "psnr", "ssim", "ms_ssim", "bytes", "encode_ms", "decode_ms")
+
+
+def eval_rows(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    return [[r.get(c) for c in EVAL_COLUMNS] for r in rows]
+
+
+def plot_rd(path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]],
+            ylabel: str = "PSNR (dB)") -> None:
+    """Per-image bpp vs quality, one marker set per codec."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    for name, (xs, ys) in series.items():
+        ax.scatter(xs, ys, label=name, s=18)
+    ax.set_xlabel("bits per pixel (real bitstream)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def write_eval_report(folder: Path, result: Any, title: str) -> None:
+    """report.json + report.md (+ rd.png) of an EvalResult."""
+    summary = result.summary()
+    write_json(folder / "report.json", {"title": title, "summary": summary, "images": result.rows})
+    mean_row = [["mean", *[summary.get(c) for c in EVAL_COLUMNS[1:]]]]
+    write_markdown(folder / "report.md", title, [
+        ("Summary", md_table(["codec", "images", "bpp", "PSNR dB", "SSIM", "MS-SSIM",
+                              "threads"],
+                             [[summary["codec"], summary["images"], summary["bpp"],
+                               summary["psnr"], summary["ssim"], summary["ms_ssim"],
+                               summary["threads"]]])),
+        ("Per image", md_table(EVAL_COLUMNS, eval_rows(result.rows) + mean_row)),
+    ])
+    plot_rd(folder / "rd.png", {result.codec: ([r["bpp"] for r in result.rows],
+                                               [r["psnr"] or 0.0 for r in result.rows])})
+
+
+def write_validation_report(folder: Path, v: Any, title: str) -> None:
+    """report.json + report.md (+ rd.png): both codecs, deltas, gates."""
+    b, c = v.baseline.summary(), v.candidate.summary()
+    write_json(folder / "report.json", {
+        "title": title, "passed": v.passed, "gates": v.gates, "deltas": v.deltas,
+        "baseline": b, "candidate": c,
+        "images": {"baseline": v.baseline.rows, "candidate": v.candidate.rows},
+    })
+    keys = ("bpp", "psnr", "ssim", "ms_ssim", "encode_ms", "decode_ms")
+    sections = [
+        ("Verdict", "PASSED" if v.passed else "FAILED (see gates)"),
+        ("Gates", md_table(["gate", "limit", "value", "passed"],
+                           [[g["gate"], g["limit"], g["value"], g["passed"]] for g in v.gates])
+         if v.gates else "no gates set"),
+        ("Means", md_table(["codec", *keys], [[s["codec"], *[s[k] for k in keys]]
+                                             for s in (b, c)])),
+        ("Deltas (candidate vs baseline)", md_table(list(v.deltas), [list(v.deltas.values())])),
+        ("Baseline per image", md_table(EVAL_COLUMNS, eval_rows(v.baseline.rows))),
+        ("Candidate per image", md_table(EVAL_COLUMNS, eval_rows(v.candidate.rows))),
+    ]
+    write_markdown(folder / "report.md", title, sections)
+    plot_rd(folder / "rd.png", {
+        s.codec: ([r["bpp"] for r in s.rows], [r["psnr"] or 0.0 for r in s.rows])
+        for s in (v.baseline, v.candidate)})

@@ -1,0 +1,44 @@
+"""Step `validate`: the current model against the recipe's input model, with gates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from compressor.artifact import Artifact
+from compressor.codec import open_codec
+from compressor.report import write_validation_report
+from compressor.steps import RunContext, StepSpec, register
+from compressor.validate import Gates, validate
+
+
+class ValidateParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    images: str | None = Field(None, description="image source; default: the recipe's data.eval")
+    gates: Gates = Gates()
+    repeats: int = Field(3, ge=1, description="timed repeats per image and codec (interleaved)")
+    provider: str = Field("cpu", description="ONNX Runtime provider for exported models")
+
+
+def run(params: ValidateParams, ctx: RunContext, art: Artifact, out: Path) -> Artifact:
+    source = params.images or ctx.recipe.data.eval
+    threads = ctx.recipe.threads
+    base = open_codec(ctx.baseline.path, ctx.recipe.arch, params.provider, threads, "baseline")
+    cand = open_codec(art.path, ctx.recipe.arch, params.provider, threads, "candidate")
+    result = validate(base, cand, ctx.images(source), params.gates, repeats=params.repeats,
+                      threads=threads, reporter=ctx.reporter)
+    write_validation_report(out, result, f"validate {art.id} against {ctx.baseline.id}")
+    return Artifact("", "report", out, "validate", art.id, params.model_dump(),
+                    summary={**result.deltas, "passed": result.passed}, failed=not result.passed)
+
+
+def check(params: ValidateParams, recipe) -> None:  # type: ignore[no-untyped-def]
+    from compressor.data import image_paths
+
+    image_paths(params.images or recipe.data.eval)
+
+
+SPEC = register(StepSpec("validate", ValidateParams, run, check,
+                         accepts=("checkpoint", "export")))

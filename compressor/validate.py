@@ -1,0 +1,122 @@
+"""Validate a candidate against its baseline: same images, same process, interleaved latency,
+then pass/fail gates. The report is always written; the caller sets the exit code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from compressor.codec import Codec
+from compressor.evaluate import EvalResult, Images, measure_image
+from compressor.metrics.latency import interleaved
+from compressor.progress import NullReporter, Reporter
+
+
+class Gates(BaseModel):
+    """Pass/fail limits. Drops and increases are candidate minus baseline; unset = not gated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_psnr_drop_db: float | None = Field(None, ge=0, description="mean PSNR drop, dB")
+    max_ssim_drop: float | None = Field(None, ge=0, description="mean SSIM drop")
+    max_ms_ssim_drop: float | None = Field(None, ge=0, description="mean MS-SSIM drop")
+    max_bpp_increase: float | None = Field(
+        None, ge=0, description="relative increase of mean bpp (0.02 = +2%)")
+    min_speedup: float | None = Field(
+        None, gt=0, description="baseline / candidate encode+decode time")
+    min_encode_speedup: float | None = Field(None, gt=0)
+    min_decode_speedup: float | None = Field(None, gt=0)
+
+
+@dataclass
+class Validation:
+    baseline: EvalResult
+    candidate: EvalResult
+    deltas: dict[str, float | None]
+    gates: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(g["passed"] for g in self.gates)
+
+
+def _time_pair(base: Codec, cand: Codec, rgb8: Any, repeats: int) -> dict[str, float]:
+    """Median encode and decode times of both codecs, calls alternating A B A B."""
+    streams = {"b": base.encode(rgb8), "c": cand.encode(rgb8)}
+    lat = interleaved({
+        "b_enc": lambda: base.encode(rgb8), "c_enc": lambda: cand.encode(rgb8),
+        "b_dec": lambda: base.decode(streams["b"]), "c_dec": lambda: cand.decode(streams["c"]),
+    }, repeats=repeats, warmup=0)
+    return {k: v.median_ms for k, v in lat.items()}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def compute_deltas(base: EvalResult, cand: EvalResult) -> dict[str, float | None]:
+    def drop(key: str) -> float | None:
+        a, b = base.mean(key), cand.mean(key)
+        return a - b if a is not None and b is not None else None
+
+    b_bpp, c_bpp = base.mean("bpp"), cand.mean("bpp")
+    def total(r: EvalResult) -> float:
+        return (r.mean("encode_ms") or 0.0) + (r.mean("decode_ms") or 0.0)
+
+    return {
+        "psnr_drop_db": drop("psnr"),
+        "ssim_drop": drop("ssim"),
+        "ms_ssim_drop": drop("ms_ssim"),
+        "bpp_increase": (c_bpp - b_bpp) / b_bpp if b_bpp and c_bpp is not None else None,
+        "speedup": _ratio(total(base), total(cand)),
+        "encode_speedup": _ratio(base.mean("encode_ms"), cand.mean("encode_ms")),
+        "decode_speedup": _ratio(base.mean("decode_ms"), cand.mean("decode_ms")),
+    }
+
+
+#: gate field -> (delta key, True when the limit is an upper bound)
+GATE_RULES = {
+    "max_psnr_drop_db": ("psnr_drop_db", True),
+    "max_ssim_drop": ("ssim_drop", True),
+    "max_ms_ssim_drop": ("ms_ssim_drop", True),
+    "max_bpp_increase": ("bpp_increase", True),
+    "min_speedup": ("speedup", False),
+    "min_encode_speedup": ("encode_speedup", False),
+    "min_decode_speedup": ("decode_speedup", False),
+}
+
+
+def apply_gates(gates: Gates, deltas: dict[str, float | None]) -> list[dict[str, Any]]:
+    rows = []
+    for name, limit in gates.model_dump().items():
+        if limit is None:
+            continue
+        key, upper = GATE_RULES[name]
+        value = deltas[key]
+        ok = value is not None and (value <= limit if upper else value >= limit)
+        rows.append({"gate": name, "limit": limit, "value": value, "passed": ok})
+    return rows
+
+
+def validate(baseline: Codec, candidate: Codec, images: Images, gates: Gates, *,
+             repeats: int = 3, threads: int | None = None,
+             reporter: Reporter | None = None) -> Validation:
+    reporter = reporter or NullReporter()
+    base, cand = EvalResult(baseline.name, threads=threads), EvalResult(candidate.name,
+                                                                       threads=threads)
+    if images:
+        _time_pair(baseline, candidate, images[0][1], repeats=1)  # warm-up both
+    reporter.start("validating", len(images))
+    for name, rgb8 in images:
+        rows = [measure_image(codec, name, rgb8) for codec in (baseline, candidate)]
+        times = _time_pair(baseline, candidate, rgb8, repeats)
+        rows[0].update(encode_ms=times["b_enc"], decode_ms=times["b_dec"])
+        rows[1].update(encode_ms=times["c_enc"], decode_ms=times["c_dec"])
+        base.rows.append(rows[0])
+        cand.rows.append(rows[1])
+        reporter.advance(1)
+    reporter.finish()
+    deltas = compute_deltas(base, cand)
+    return Validation(base, cand, deltas, apply_gates(gates, deltas))

@@ -1,0 +1,80 @@
+"""Checkpoint formats, arch inference, and the refusal of unsafe or broken files."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from compressor import checkpoint
+from compressor.errors import CheckpointError
+from tests.conftest import tiny_model
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("arch", ["bmshj2018-factorized", "bmshj2018-hyperprior",
+                                  "mbt2018-mean", "mbt2018", "cheng2020-anchor"])
+def test_foreign_layouts_load_with_arch_guessed(arch: str, tmp_path: Path) -> None:
+    model = tiny_model(arch)
+    sd = model.state_dict()
+    torch.save({"epoch": 3, "state_dict": sd}, tmp_path / "trainer.pth.tar")  # CompressAI trainer
+    torch.save(sd, tmp_path / "bare.pt")
+    for name in ("trainer.pth.tar", "bare.pt"):
+        loaded = checkpoint.load(tmp_path / name)
+        assert loaded.arch == arch
+        assert loaded.config == model.config
+        assert _same_weights(loaded.state_dict(), sd)
+
+
+def test_own_format_roundtrip_keeps_meta(tmp_path: Path) -> None:
+    model = tiny_model()
+    checkpoint.save(model, tmp_path / "m.pt", {"quality": 2})
+    loaded = checkpoint.load(tmp_path / "m.pt")
+    assert loaded.meta == {"quality": 2}
+    assert _same_weights(loaded.state_dict(), model.state_dict())
+
+
+def test_checkpoint_of_another_arch_is_refused(tmp_path: Path) -> None:
+    checkpoint.save(tiny_model("bmshj2018-factorized"), tmp_path / "f.pt")
+    with pytest.raises(CheckpointError, match="is a bmshj2018-factorized model, not mbt2018"):
+        checkpoint.load(tmp_path / "f.pt", "mbt2018")
+    torch.save(tiny_model("bmshj2018-factorized").state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(CheckpointError, match="does not fit bmshj2018-hyperprior"):
+        checkpoint.load(tmp_path / "bare.pt", "bmshj2018-hyperprior")
+
+
+def test_truncated_checkpoint(tmp_path: Path) -> None:
+    checkpoint.save(tiny_model(), tmp_path / "m.pt")
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        checkpoint.load(tmp_path / "cut.pt")
+
+
+class _RunsCode:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path("/tmp/compressor-pwned").touch, ())
+
+
+def test_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    marker = Path("/tmp/compressor-pwned")
+    marker.unlink(missing_ok=True)
+    torch.save({"state_dict": {}, "evil": _RunsCode()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="could run code"):
+        checkpoint.load(tmp_path / "evil.pt")
+    with (tmp_path / "evil.pkl").open("wb") as f:
+        pickle.dump(_RunsCode(), f)
+    with pytest.raises(CheckpointError):
+        checkpoint.load(tmp_path / "evil.pkl")
+    assert not marker.exists()
+
+
+def test_unknown_arch_names_the_allowed_ones(tmp_path: Path) -> None:
+    checkpoint.save(tiny_model(), tmp_path / "m.pt")
+    with pytest.raises(Exception, match="unknown model arch 'resnet'; allowed: bmshj2018"):
+        checkpoint.load(tmp_path / "m.pt", "resnet")
