@@ -15,8 +15,16 @@ from compressor.report import write_json
 
 #: kinds: a torch checkpoint file, an exported ONNX folder, or a report only
 KINDS = ("checkpoint", "export", "report")
-PACKAGES = ("torch", "torchvision", "compressai", "onnx", "onnxruntime", "torch-pruning",
-            "neural-compressor-pt", "numpy")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "compressai",
+    "onnx",
+    "onnxruntime",
+    "torch-pruning",
+    "neural-compressor-pt",
+    "numpy",
+)
 
 
 @dataclass
@@ -35,8 +43,9 @@ class Artifact:
         path = self.path
         if path == old_dir or old_dir in path.parents:
             path = new_dir / path.relative_to(old_dir)
-        return Artifact(self.id, self.kind, path, self.step, self.parent, self.params,
-                        self.summary, self.failed)
+        return Artifact(
+            self.id, self.kind, path, self.step, self.parent, self.params, self.summary, self.failed
+        )
 
 
 def sha256(path: Path) -> str:
@@ -62,21 +71,25 @@ def versions() -> dict[str, str]:
     return out
 
 
-def write_manifest(folder: Path, art: Artifact, inputs: dict[str, Path],
-                   recipe: dict[str, Any] | None = None) -> None:
-    write_json(folder / "manifest.json", {
-        "id": art.id,
-        "kind": art.kind,
-        "step": art.step,
-        "parent": art.parent,
-        "params": art.params,
-        "path": art.path.name if art.kind != "report" else None,
-        "summary": art.summary,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "inputs": {name: {"path": str(p), "sha256": sha256(p)} for name, p in inputs.items()},
-        "recipe": recipe,
-        "versions": versions(),
-    })
+def write_manifest(
+    folder: Path, art: Artifact, inputs: dict[str, Path], recipe: dict[str, Any] | None = None
+) -> None:
+    write_json(
+        folder / "manifest.json",
+        {
+            "id": art.id,
+            "kind": art.kind,
+            "step": art.step,
+            "parent": art.parent,
+            "params": art.params,
+            "path": art.path.name if art.kind != "report" else None,
+            "summary": art.summary,
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "inputs": {name: {"path": str(p), "sha256": sha256(p)} for name, p in inputs.items()},
+            "recipe": recipe,
+            "versions": versions(),
+        },
+    )
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

@@ -7,7 +7,6 @@ import logging
 import sys
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -77,8 +76,14 @@ def main(verbose: int) -> None:
     from compressor.rich_ui import console
 
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False)])
+    logging.basicConfig(
+        level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
+    )
 
 
-from compressor import cli_commands  # noqa: E402,F401  (registers the commands on `main`)
+def _register_commands() -> None:
+    # The command modules decorate `main`, so they are imported once it exists.
+    from compressor import cli_commands  # noqa: F401
+
+
+_register_commands()

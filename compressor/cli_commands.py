@@ -16,62 +16,121 @@ from compressor.validate import Gates
 @click.option("--arch", required=True, help="Model arch (see `cli.py models`).")
 @click.option("--quality", type=int, default=None, help="Quality level: widths and lambda.")
 @click.option("--config", "config_text", default=None, help="Widths, e.g. N=64,M=96.")
-@click.option("--init", "init_path", type=click.Path(path_type=Path), default=None,
-              help="Start from this checkpoint instead of random weights (fine-tuning).")
-@click.option("--data", required=True, type=click.Path(path_type=Path),
-              help="Folder of training images (a share is held out for early stopping).")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
-              help="Checkpoint to write (best held-out loss); OUT.resume.pt allows resuming.")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Continue from OUT.resume.pt when it exists.")
+@click.option(
+    "--init",
+    "init_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Start from this checkpoint instead of random weights (fine-tuning).",
+)
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder of training images (a share is held out for early stopping).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Checkpoint to write (best held-out loss); OUT.resume.pt allows resuming.",
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Continue from OUT.resume.pt when it exists.",
+)
 @options_from(TrainConfig)
 @handle_errors
-def train(arch: str, quality: int | None, config_text: str | None, init_path: Path | None,
-          data: Path, out: Path, resume: bool, **kwargs: Any) -> None:
+def train(
+    arch: str,
+    quality: int | None,
+    config_text: str | None,
+    init_path: Path | None,
+    data: Path,
+    out: Path,
+    resume: bool,
+    **kwargs: Any,
+) -> None:
     """Train a model with the rate-distortion loss (or fine-tune one with --init)."""
-    from compressor.rich_ui import RichReporter, out as stdout, table
+    from compressor.rich_ui import RichReporter, table
+    from compressor.rich_ui import out as stdout
     from compressor.workflows import train_model
 
-    result = train_model(arch=arch, quality=quality, config_text=config_text,
-                         init_path=init_path, data=data, out=out, resume=resume,
-                         overrides=given(kwargs, TrainConfig), reporter=RichReporter())
+    result = train_model(
+        arch=arch,
+        quality=quality,
+        config_text=config_text,
+        init_path=init_path,
+        data=data,
+        out=out,
+        resume=resume,
+        overrides=given(kwargs, TrainConfig),
+        reporter=RichReporter(),
+    )
     rows = [[h["step"], h["loss"], h["bpp"], h["psnr"], h["lr"]] for h in result.history[-10:]]
-    stdout.print(table(f"held-out evaluations (last {len(rows)})",
-                       ["step", "loss", "bpp", "PSNR dB", "lr"], rows))
-    stdout.print(f"stopped by {result.stopped} after {result.steps} steps; "
-                 f"best held-out loss {result.best_val_loss:.4f}; wrote {out}")
+    stdout.print(
+        table(
+            f"held-out evaluations (last {len(rows)})",
+            ["step", "loss", "bpp", "PSNR dB", "lr"],
+            rows,
+        )
+    )
+    stdout.print(
+        f"stopped by {result.stopped} after {result.steps} steps; "
+        f"best held-out loss {result.best_val_loss:.4f}; wrote {out}"
+    )
 
 
 def _print_eval(result: Any, title: str) -> None:
     from compressor.report import EVAL_COLUMNS, eval_rows
-    from compressor.rich_ui import out as stdout, table
+    from compressor.rich_ui import out as stdout
+    from compressor.rich_ui import table
 
     s = result.summary()
-    rows = eval_rows(result.rows) + [["mean", *[s.get(c) for c in EVAL_COLUMNS[1:]]]]
-    stdout.print(table(title, ["image", "bpp", "PSNR dB", "SSIM", "MS-SSIM", "bytes",
-                               "enc ms", "dec ms"], rows))
+    rows = [*eval_rows(result.rows), ["mean", *[s.get(c) for c in EVAL_COLUMNS[1:]]]]
+    stdout.print(
+        table(
+            title, ["image", "bpp", "PSNR dB", "SSIM", "MS-SSIM", "bytes", "enc ms", "dec ms"], rows
+        )
+    )
 
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--data", default="skimage", show_default=True,
-              help="Folder of images, or 'skimage' for scikit-image's sample photos.")
+@click.option(
+    "--data",
+    default="skimage",
+    show_default=True,
+    help="Folder of images, or 'skimage' for scikit-image's sample photos.",
+)
 @click.option("--arch", default=None, help="Arch of a foreign checkpoint (guessed if left out).")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder for report.json / report.md / rd.png [default: exported/eval-MODEL].")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for report.json / report.md / rd.png [default: exported/eval-MODEL].",
+)
 @click.option("--threads", type=int, default=None, help="CPU threads (torch and ONNX Runtime).")
-@click.option("--provider", default="cpu", show_default=True,
-              help="ONNX Runtime execution provider, for an exported model folder.")
+@click.option(
+    "--provider",
+    default="cpu",
+    show_default=True,
+    help="ONNX Runtime execution provider, for an exported model folder.",
+)
 @handle_errors
-def evaluate(model: Path, data: str, arch: str | None, out: Path | None,
-             threads: int | None, provider: str) -> None:
+def evaluate(
+    model: Path, data: str, arch: str | None, out: Path | None, threads: int | None, provider: str
+) -> None:
     """Measure MODEL (checkpoint or export) with real bitstreams: bpp, PSNR, SSIM, MS-SSIM,
     encode/decode latency; per image and mean."""
     from compressor.codec import open_codec
     from compressor.data import load_images
     from compressor.evaluate import evaluate as run_eval
     from compressor.report import write_eval_report
-    from compressor.rich_ui import RichReporter, out as stdout
+    from compressor.rich_ui import RichReporter
+    from compressor.rich_ui import out as stdout
 
     images = load_images(data)
     codec = open_codec(model, arch, provider, threads)
@@ -83,24 +142,56 @@ def evaluate(model: Path, data: str, arch: str | None, out: Path | None,
 
 
 @main.command()
-@click.option("--baseline", required=True, type=click.Path(path_type=Path),
-              help="Reference model (checkpoint or export folder).")
-@click.option("--candidate", required=True, type=click.Path(path_type=Path),
-              help="Compressed model to judge (checkpoint or export folder).")
-@click.option("--data", default="skimage", show_default=True,
-              help="Folder of images, or 'skimage'.")
+@click.option(
+    "--baseline",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Reference model (checkpoint or export folder).",
+)
+@click.option(
+    "--candidate",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Compressed model to judge (checkpoint or export folder).",
+)
+@click.option(
+    "--data", default="skimage", show_default=True, help="Folder of images, or 'skimage'."
+)
 @click.option("--arch", default=None, help="Arch of foreign checkpoints.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("exported/validate"),
-              show_default=True, help="Report folder (always written, pass or fail).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("exported/validate"),
+    show_default=True,
+    help="Report folder (always written, pass or fail).",
+)
 @click.option("--threads", type=int, default=None, help="CPU threads, the same for both.")
-@click.option("--provider", default="cpu", show_default=True,
-              help="ONNX Runtime execution provider (the target hardware).")
-@click.option("--repeats", type=int, default=3, show_default=True,
-              help="Timed repeats per image, baseline and candidate interleaved.")
+@click.option(
+    "--provider",
+    default="cpu",
+    show_default=True,
+    help="ONNX Runtime execution provider (the target hardware).",
+)
+@click.option(
+    "--repeats",
+    type=int,
+    default=3,
+    show_default=True,
+    help="Timed repeats per image, baseline and candidate interleaved.",
+)
 @options_from(Gates)
 @handle_errors
-def validate(baseline: Path, candidate: Path, data: str, arch: str | None, out: Path,
-             threads: int | None, provider: str, repeats: int, **gate_args: Any) -> None:
+def validate(
+    baseline: Path,
+    candidate: Path,
+    data: str,
+    arch: str | None,
+    out: Path,
+    threads: int | None,
+    provider: str,
+    repeats: int,
+    **gate_args: Any,
+) -> None:
     """Compare CANDIDATE with BASELINE on the same images in one process and apply gates.
 
     Exit 1 when a gate fails (the report is written either way)."""
@@ -115,27 +206,47 @@ def validate(baseline: Path, candidate: Path, data: str, arch: str | None, out: 
     cand = open_codec(candidate, arch, provider, threads, "candidate")
     from compressor.rich_ui import RichReporter
 
-    result = run_validate(base, cand, images, gates, repeats=repeats, threads=threads,
-                          reporter=RichReporter())
+    result = run_validate(
+        base, cand, images, gates, repeats=repeats, threads=threads, reporter=RichReporter()
+    )
     write_validation_report(out, result, f"validate {candidate} against {baseline}")
     _print_validation(result, out)
 
 
 def _print_validation(result: Any, out: Path) -> None:
     from compressor.errors import GateFailed
-    from compressor.rich_ui import out as stdout, table
+    from compressor.rich_ui import out as stdout
+    from compressor.rich_ui import table
 
     keys = ("bpp", "psnr", "ssim", "ms_ssim", "encode_ms", "decode_ms")
-    stdout.print(table("means", ["codec", "bpp", "PSNR dB", "SSIM", "MS-SSIM", "enc ms",
-                                 "dec ms"],
-                       [[s["codec"], *[s[k] for k in keys]]
-                        for s in (result.baseline.summary(), result.candidate.summary())]))
-    stdout.print(table("deltas (candidate vs baseline)", ["delta", "value"],
-                       [[k, v] for k, v in result.deltas.items()]))
+    stdout.print(
+        table(
+            "means",
+            ["codec", "bpp", "PSNR dB", "SSIM", "MS-SSIM", "enc ms", "dec ms"],
+            [
+                [s["codec"], *[s[k] for k in keys]]
+                for s in (result.baseline.summary(), result.candidate.summary())
+            ],
+        )
+    )
+    stdout.print(
+        table(
+            "deltas (candidate vs baseline)",
+            ["delta", "value"],
+            [[k, v] for k, v in result.deltas.items()],
+        )
+    )
     if result.gates:
-        stdout.print(table("gates", ["gate", "limit", "value", "passed"],
-                           [[g["gate"], g["limit"], g["value"],
-                             "PASS" if g["passed"] else "FAIL"] for g in result.gates]))
+        stdout.print(
+            table(
+                "gates",
+                ["gate", "limit", "value", "passed"],
+                [
+                    [g["gate"], g["limit"], g["value"], "PASS" if g["passed"] else "FAIL"]
+                    for g in result.gates
+                ],
+            )
+        )
     stdout.print(f"report: {out}/report.md")
     if not result.passed:
         failed = [g["gate"] for g in result.gates if not g["passed"]]
@@ -144,8 +255,12 @@ def _print_validation(result: Any, out: Path) -> None:
 
 @main.command("run")
 @click.argument("recipe", type=click.Path(path_type=Path))
-@click.option("--output", type=click.Path(path_type=Path), default=None,
-              help="Run folder [default: the recipe's output, else exported/<name>].")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run folder [default: the recipe's output, else exported/<name>].",
+)
 @handle_errors
 def run_recipe(recipe: Path, output: Path | None) -> None:
     """Run a recipe end to end: every step, artifacts in exported/<run>/NN_<step>/.
@@ -153,21 +268,63 @@ def run_recipe(recipe: Path, output: Path | None) -> None:
     The whole recipe is checked before any weights load; exit 1 if a validation gate fails."""
     from compressor import pipeline
     from compressor.errors import GateFailed
-    from compressor.rich_ui import RichReporter, out as stdout, table
+    from compressor.rich_ui import RichReporter, table
+    from compressor.rich_ui import out as stdout
 
     plan = pipeline.plan(recipe, output)
     result = pipeline.run(plan, RichReporter())
-    rows = [[a.id, a.kind, ", ".join(f"{k}={_short(v)}" for k, v in a.summary.items()
-                                     if k in SUMMARY_KEYS)] for a in result.artifacts]
+    rows = [
+        [
+            a.id,
+            a.kind,
+            ", ".join(f"{k}={_short(v)}" for k, v in a.summary.items() if k in SUMMARY_KEYS),
+        ]
+        for a in result.artifacts
+    ]
     stdout.print(table(f"run {plan.recipe.name}", ["step", "kind", "headline"], rows))
     stdout.print(f"artifacts: {result.run_dir}")
     if not result.passed:
         raise GateFailed(f"a validation gate failed; see {result.artifacts[-1].path}/report.md")
 
 
-SUMMARY_KEYS = ("bpp", "psnr", "ms_ssim", "psnr_drop_db", "bpp_increase", "speedup", "passed",
-                "steps", "stopped")
+SUMMARY_KEYS = (
+    "bpp",
+    "psnr",
+    "ms_ssim",
+    "psnr_drop_db",
+    "bpp_increase",
+    "speedup",
+    "passed",
+    "steps",
+    "stopped",
+)
 
 
 def _short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@main.command("models")
+def list_models() -> None:
+    """List the registered model archs and their quality levels."""
+    from compressor.models import MODELS
+    from compressor.rich_ui import out as stdout
+    from compressor.rich_ui import table
+
+    rows = []
+    for arch in MODELS.names():
+        adapter = MODELS.get(arch)
+        rows.append([arch, adapter.family, ", ".join(
+            f"q{q}: {adapter.default_config(arch, q)}" for q in (1, 4, 6)
+            if _has_quality(adapter, arch, q))])
+    stdout.print(table("model archs", ["arch", "family", "configs (examples)"], rows))
+
+
+def _has_quality(adapter: Any, arch: str, quality: int) -> bool:
+    from compressor.errors import CompressorError
+
+    try:
+        adapter.default_config(arch, quality)
+    except CompressorError:
+        return False
+    return True

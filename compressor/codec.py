@@ -75,8 +75,13 @@ def estimated_bpp(model, rgb8: np.ndarray) -> float:  # type: ignore[no-untyped-
     return float(out.bpp(h * w))
 
 
-def open_codec(path: Path, arch: str | None = None, provider: str = "cpu",
-               threads: int | None = None, name: str | None = None) -> Codec:
+def open_codec(
+    path: Path,
+    arch: str | None = None,
+    provider: str = "cpu",
+    threads: int | None = None,
+    name: str | None = None,
+) -> Codec:
     """A Codec for a checkpoint file, or for an exported ONNX folder (the deployable runtime)."""
     from compressor.errors import CheckpointError
 

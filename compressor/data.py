@@ -26,7 +26,8 @@ def list_images(folder: Path, minimum: int = 1) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist or is not a folder")
-    images, strays = [], []
+    images: list[Path] = []
+    strays: list[Path] = []
     for p in sorted(folder.iterdir()):
         if p.is_dir() or p.name in IGNORED_NAMES or p.name.startswith("."):
             continue
@@ -99,8 +100,12 @@ class Padding:
     def to_multiple(cls, h: int, w: int, multiple: int) -> Padding:
         out_h = (h + multiple - 1) // multiple * multiple
         out_w = (w + multiple - 1) // multiple * multiple
-        return cls((out_w - w) // 2, out_w - w - (out_w - w) // 2, (out_h - h) // 2,
-                   out_h - h - (out_h - h) // 2)
+        return cls(
+            (out_w - w) // 2,
+            out_w - w - (out_w - w) // 2,
+            (out_h - h) // 2,
+            out_h - h - (out_h - h) // 2,
+        )
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, (self.left, self.right, self.top, self.bottom), mode="constant", value=0)

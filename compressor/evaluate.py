@@ -30,8 +30,16 @@ class EvalResult:
 
     def summary(self) -> dict[str, Any]:
         """Means over images (as CompressAI's eval averages per-image metrics)."""
-        keys = ("bpp", "psnr", "ssim", "ms_ssim", "bytes", "encode_ms", "decode_ms",
-                "estimated_bpp")
+        keys = (
+            "bpp",
+            "psnr",
+            "ssim",
+            "ms_ssim",
+            "bytes",
+            "encode_ms",
+            "decode_ms",
+            "estimated_bpp",
+        )
         out: dict[str, Any] = {"codec": self.codec, "images": len(self.rows)}
         out.update({k: self.mean(k) for k in keys})
         for stage in ("encode_ms", "decode_ms"):
@@ -49,8 +57,13 @@ def measure_image(codec: Codec, name: str, rgb8: np.ndarray) -> dict[str, Any]:
     rec = codec.decode(data)
     t2 = time.perf_counter()
     h, w = rgb8.shape[:2]
-    row: dict[str, Any] = {"image": name, "height": h, "width": w, "bytes": len(data),
-                           "bpp": bpp_from_bytes(len(data), h, w)}
+    row: dict[str, Any] = {
+        "image": name,
+        "height": h,
+        "width": w,
+        "bytes": len(data),
+        "bpp": bpp_from_bytes(len(data), h, w),
+    }
     for metric in METRICS:
         value = METRICS.get(metric)(rgb8, rec)
         row[metric] = None if value is None or math.isinf(value) else value
@@ -61,8 +74,9 @@ def measure_image(codec: Codec, name: str, rgb8: np.ndarray) -> dict[str, Any]:
     return row
 
 
-def evaluate(codec: Codec, images: Images, *, threads: int | None = None,
-             reporter: Reporter | None = None) -> EvalResult:
+def evaluate(
+    codec: Codec, images: Images, *, threads: int | None = None, reporter: Reporter | None = None
+) -> EvalResult:
     reporter = reporter or NullReporter()
     if images:  # warm-up: first calls pay for allocation and kernel selection
         codec.decode(codec.encode(images[0][1]))

@@ -1,4 +1,4 @@
-"""Atomic writes: a crash or an error never leaves a half-written file or folder that looks whole."""
+"""Atomic writes: a crash never leaves a half-written file or folder that looks whole."""
 
 from __future__ import annotations
 

@@ -92,8 +92,10 @@ def run(p: Plan, reporter: Reporter | None = None) -> RunResult:
     done: list[Artifact] = []
     for i, (spec, params) in enumerate(p.steps, start=1):
         if current.kind not in spec.accepts:
-            raise RecipeError(f"step {i} ({spec.name}) takes a {' or '.join(spec.accepts)}, "
-                              f"but the model at that point is a {current.kind}")
+            raise RecipeError(
+                f"step {i} ({spec.name}) takes a {' or '.join(spec.accepts)}, "
+                f"but the model at that point is a {current.kind}"
+            )
         step_id = f"{i:02d}_{spec.name}"
         log.info("step %s", step_id)
         final_dir = p.run_dir / step_id

@@ -27,7 +27,7 @@ class Recipe(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     model: str = Field(description="checkpoint path, or 'bundled' for the embedded default")
     arch: str | None = None
-    data: DataSpec = DataSpec()
+    data: DataSpec = Field(default_factory=DataSpec)
     threads: int | None = Field(None, ge=1)
     output: str | None = Field(None, description="run folder; default exported/<name>")
     steps: list[tuple[str, BaseModel]]
@@ -59,7 +59,7 @@ def parse_steps(raw: Any, source: str) -> list[tuple[str, BaseModel]]:
                 f"{source}: steps[{i}]: each step is one mapping `- STEP: {{params}}`; "
                 f"steps: {', '.join(STEPS.names())}"
             )
-        (name, params), = item.items()
+        ((name, params),) = item.items()
         if name not in STEPS:
             raise RecipeError(
                 f"{source}: steps[{i}]: unknown step {name!r}; allowed: {', '.join(STEPS.names())}"

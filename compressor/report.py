@@ -57,8 +57,11 @@ def eval_rows(rows: Sequence[dict[str, Any]]) -> list[list[Any]]:
     return [[r.get(c) for c in EVAL_COLUMNS] for r in rows]
 
 
-def plot_rd(path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]],
-            ylabel: str = "PSNR (dB)") -> None:
+def plot_rd(
+    path: Path,
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    ylabel: str = "PSNR (dB)",
+) -> None:
     """Per-image bpp vs quality, one marker set per codec."""
     import matplotlib
 
@@ -83,39 +86,76 @@ def write_eval_report(folder: Path, result: Any, title: str) -> None:
     summary = result.summary()
     write_json(folder / "report.json", {"title": title, "summary": summary, "images": result.rows})
     mean_row = [["mean", *[summary.get(c) for c in EVAL_COLUMNS[1:]]]]
-    write_markdown(folder / "report.md", title, [
-        ("Summary", md_table(["codec", "images", "bpp", "PSNR dB", "SSIM", "MS-SSIM",
-                              "threads"],
-                             [[summary["codec"], summary["images"], summary["bpp"],
-                               summary["psnr"], summary["ssim"], summary["ms_ssim"],
-                               summary["threads"]]])),
-        ("Per image", md_table(EVAL_COLUMNS, eval_rows(result.rows) + mean_row)),
-    ])
-    plot_rd(folder / "rd.png", {result.codec: ([r["bpp"] for r in result.rows],
-                                               [r["psnr"] or 0.0 for r in result.rows])})
+    write_markdown(
+        folder / "report.md",
+        title,
+        [
+            (
+                "Summary",
+                md_table(
+                    ["codec", "images", "bpp", "PSNR dB", "SSIM", "MS-SSIM", "threads"],
+                    [
+                        [
+                            summary["codec"],
+                            summary["images"],
+                            summary["bpp"],
+                            summary["psnr"],
+                            summary["ssim"],
+                            summary["ms_ssim"],
+                            summary["threads"],
+                        ]
+                    ],
+                ),
+            ),
+            ("Per image", md_table(EVAL_COLUMNS, eval_rows(result.rows) + mean_row)),
+        ],
+    )
+    plot_rd(
+        folder / "rd.png",
+        {result.codec: ([r["bpp"] for r in result.rows], [r["psnr"] or 0.0 for r in result.rows])},
+    )
 
 
 def write_validation_report(folder: Path, v: Any, title: str) -> None:
     """report.json + report.md (+ rd.png): both codecs, deltas, gates."""
     b, c = v.baseline.summary(), v.candidate.summary()
-    write_json(folder / "report.json", {
-        "title": title, "passed": v.passed, "gates": v.gates, "deltas": v.deltas,
-        "baseline": b, "candidate": c,
-        "images": {"baseline": v.baseline.rows, "candidate": v.candidate.rows},
-    })
+    write_json(
+        folder / "report.json",
+        {
+            "title": title,
+            "passed": v.passed,
+            "gates": v.gates,
+            "deltas": v.deltas,
+            "baseline": b,
+            "candidate": c,
+            "images": {"baseline": v.baseline.rows, "candidate": v.candidate.rows},
+        },
+    )
     keys = ("bpp", "psnr", "ssim", "ms_ssim", "encode_ms", "decode_ms")
     sections = [
         ("Verdict", "PASSED" if v.passed else "FAILED (see gates)"),
-        ("Gates", md_table(["gate", "limit", "value", "passed"],
-                           [[g["gate"], g["limit"], g["value"], g["passed"]] for g in v.gates])
-         if v.gates else "no gates set"),
-        ("Means", md_table(["codec", *keys], [[s["codec"], *[s[k] for k in keys]]
-                                             for s in (b, c)])),
+        (
+            "Gates",
+            md_table(
+                ["gate", "limit", "value", "passed"],
+                [[g["gate"], g["limit"], g["value"], g["passed"]] for g in v.gates],
+            )
+            if v.gates
+            else "no gates set",
+        ),
+        (
+            "Means",
+            md_table(["codec", *keys], [[s["codec"], *[s[k] for k in keys]] for s in (b, c)]),
+        ),
         ("Deltas (candidate vs baseline)", md_table(list(v.deltas), [list(v.deltas.values())])),
         ("Baseline per image", md_table(EVAL_COLUMNS, eval_rows(v.baseline.rows))),
         ("Candidate per image", md_table(EVAL_COLUMNS, eval_rows(v.candidate.rows))),
     ]
     write_markdown(folder / "report.md", title, sections)
-    plot_rd(folder / "rd.png", {
-        s.codec: ([r["bpp"] for r in s.rows], [r["psnr"] or 0.0 for r in s.rows])
-        for s in (v.baseline, v.candidate)})
+    plot_rd(
+        folder / "rd.png",
+        {
+            s.codec: ([r["bpp"] for r in s.rows], [r["psnr"] or 0.0 for r in s.rows])
+            for s in (v.baseline, v.candidate)
+        },
+    )

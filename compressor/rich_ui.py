@@ -46,9 +46,13 @@ class RichReporter:
     def advance(self, n: int = 1, **fields: float | str) -> None:
         if self._progress is None or self._task is None:
             return
-        info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                         for k, v in fields.items())
-        self._progress.update(self._task, advance=n, **({"info": info} if info else {}))
+        info = "  ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items()
+        )
+        if info:
+            self._progress.update(self._task, advance=n, info=info)
+        else:
+            self._progress.update(self._task, advance=n)
 
     def finish(self) -> None:
         if self._progress is not None:

@@ -97,9 +97,7 @@ class _Trainer:
         aux_ids = {id(p) for p in model.aux_parameters()}
         main = [p for p in model.net.parameters() if id(p) not in aux_ids and p.requires_grad]
         self.opt = torch.optim.Adam(main, lr=cfg.lr)
-        self.aux_opt = (
-            torch.optim.Adam(model.aux_parameters(), lr=cfg.aux_lr) if aux_ids else None
-        )
+        self.aux_opt = torch.optim.Adam(model.aux_parameters(), lr=cfg.aux_lr) if aux_ids else None
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="min", factor=0.5, patience=cfg.lr_patience - 1
         )
@@ -171,9 +169,15 @@ class _Trainer:
         """Record an evaluation; True when early stopping says stop."""
         self.sched.step(logs["loss"])
         self.history.append({"step": self.step, "lr": self.opt.param_groups[0]["lr"], **logs})
-        log.info("step %d: held-out loss %.4f  bpp %.4f  PSNR %.2f dB  lr %.2g  (%.1f min)",
-                 self.step, logs["loss"], logs["bpp"], logs["psnr"],
-                 self.opt.param_groups[0]["lr"], self.elapsed / 60)
+        log.info(
+            "step %d: held-out loss %.4f  bpp %.4f  PSNR %.2f dB  lr %.2g  (%.1f min)",
+            self.step,
+            logs["loss"],
+            logs["bpp"],
+            logs["psnr"],
+            self.opt.param_groups[0]["lr"],
+            self.elapsed / 60,
+        )
         if logs["loss"] < self.best - self.cfg.min_delta:
             self.best, self.bad_evals = logs["loss"], 0
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -233,8 +237,13 @@ def train(
     model.finalize()
     result = TrainResult(trainer.step, trainer.best, stopped, trainer.history)
     train_meta = {
-        "train": {**cfg.model_dump(), "steps": trainer.step, "stopped": stopped,
-                  "best_val_loss": trainer.best, "minutes": round(trainer.elapsed / 60, 2)},
+        "train": {
+            **cfg.model_dump(),
+            "steps": trainer.step,
+            "stopped": stopped,
+            "best_val_loss": trainer.best,
+            "minutes": round(trainer.elapsed / 60, 2),
+        },
         "history": trainer.history,
     }
     checkpoint.save(model, out, {**(meta or {}), **train_meta})

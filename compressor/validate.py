@@ -23,9 +23,11 @@ class Gates(BaseModel):
     max_ssim_drop: float | None = Field(None, ge=0, description="mean SSIM drop")
     max_ms_ssim_drop: float | None = Field(None, ge=0, description="mean MS-SSIM drop")
     max_bpp_increase: float | None = Field(
-        None, ge=0, description="relative increase of mean bpp (0.02 = +2%)")
+        None, ge=0, description="relative increase of mean bpp (0.02 = +2%)"
+    )
     min_speedup: float | None = Field(
-        None, gt=0, description="baseline / candidate encode+decode time")
+        None, gt=0, description="baseline / candidate encode+decode time"
+    )
     min_encode_speedup: float | None = Field(None, gt=0)
     min_decode_speedup: float | None = Field(None, gt=0)
 
@@ -45,10 +47,16 @@ class Validation:
 def _time_pair(base: Codec, cand: Codec, rgb8: Any, repeats: int) -> dict[str, float]:
     """Median encode and decode times of both codecs, calls alternating A B A B."""
     streams = {"b": base.encode(rgb8), "c": cand.encode(rgb8)}
-    lat = interleaved({
-        "b_enc": lambda: base.encode(rgb8), "c_enc": lambda: cand.encode(rgb8),
-        "b_dec": lambda: base.decode(streams["b"]), "c_dec": lambda: cand.decode(streams["c"]),
-    }, repeats=repeats, warmup=0)
+    lat = interleaved(
+        {
+            "b_enc": lambda: base.encode(rgb8),
+            "c_enc": lambda: cand.encode(rgb8),
+            "b_dec": lambda: base.decode(streams["b"]),
+            "c_dec": lambda: cand.decode(streams["c"]),
+        },
+        repeats=repeats,
+        warmup=0,
+    )
     return {k: v.median_ms for k, v in lat.items()}
 
 
@@ -62,6 +70,7 @@ def compute_deltas(base: EvalResult, cand: EvalResult) -> dict[str, float | None
         return a - b if a is not None and b is not None else None
 
     b_bpp, c_bpp = base.mean("bpp"), cand.mean("bpp")
+
     def total(r: EvalResult) -> float:
         return (r.mean("encode_ms") or 0.0) + (r.mean("decode_ms") or 0.0)
 
@@ -100,12 +109,21 @@ def apply_gates(gates: Gates, deltas: dict[str, float | None]) -> list[dict[str,
     return rows
 
 
-def validate(baseline: Codec, candidate: Codec, images: Images, gates: Gates, *,
-             repeats: int = 3, threads: int | None = None,
-             reporter: Reporter | None = None) -> Validation:
+def validate(
+    baseline: Codec,
+    candidate: Codec,
+    images: Images,
+    gates: Gates,
+    *,
+    repeats: int = 3,
+    threads: int | None = None,
+    reporter: Reporter | None = None,
+) -> Validation:
     reporter = reporter or NullReporter()
-    base, cand = EvalResult(baseline.name, threads=threads), EvalResult(candidate.name,
-                                                                       threads=threads)
+    base, cand = (
+        EvalResult(baseline.name, threads=threads),
+        EvalResult(candidate.name, threads=threads),
+    )
     if images:
         _time_pair(baseline, candidate, images[0][1], repeats=1)  # warm-up both
     reporter.start("validating", len(images))

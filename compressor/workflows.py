@@ -42,16 +42,25 @@ def default_lambda(quality: int | None, meta: dict[str, Any]) -> float | None:
     return meta.get("train", {}).get("lmbda")
 
 
-def train_model(*, arch: str, quality: int | None, config_text: str | None,
-                init_path: Path | None, data: Path, out: Path, resume: bool,
-                overrides: dict[str, Any], reporter: Reporter | None = None) -> TrainResult:
+def train_model(
+    *,
+    arch: str,
+    quality: int | None,
+    config_text: str | None,
+    init_path: Path | None,
+    data: Path,
+    out: Path,
+    resume: bool,
+    overrides: dict[str, Any],
+    reporter: Reporter | None = None,
+) -> TrainResult:
     if init_path is not None:
         model = checkpoint.load(init_path, arch)
     else:
         model = new_model(arch, quality, config_text)
     meta = dict(getattr(model, "meta", {}) or {})
     lmbda = default_lambda(quality, meta)
-    cfg = TrainConfig(**({"lmbda": lmbda} if lmbda else {}), **overrides)
+    cfg = TrainConfig.model_validate({**({"lmbda": lmbda} if lmbda else {}), **overrides})
     images = load_folder(data, minimum=2)
     meta.update({"quality": quality, "data": str(data)})
     return train(model, images, cfg, out, resume=resume, meta=meta, reporter=reporter)

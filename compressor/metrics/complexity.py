@@ -53,6 +53,12 @@ def component_table(model: CodecAdapter, h: int = 512, w: int = 768) -> list[dic
     rows = []
     for name, mod in model.components().items():
         macs = count_macs(mod, inputs[name]) if name in inputs else None
-        rows.append({"component": name, "params": count_params(mod), "macs": macs,
-                     "size_bytes": size_bytes(mod)})
+        rows.append(
+            {
+                "component": name,
+                "params": count_params(mod),
+                "macs": macs,
+                "size_bytes": size_bytes(mod),
+            }
+        )
     return rows

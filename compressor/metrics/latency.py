@@ -29,7 +29,9 @@ def summarize(samples_s: list[float], threads: int | None = None) -> Latency:
 
 
 def interleaved(
-    calls: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1,
+    calls: dict[str, Callable[[], object]],
+    repeats: int = 5,
+    warmup: int = 1,
     threads: int | None = None,
 ) -> dict[str, Latency]:
     """Time each callable `repeats` times, alternating between them after `warmup` rounds."""

@@ -94,6 +94,7 @@ class CodecAdapter(ABC):
 
     def finalize(self) -> None:
         """Rebuild derived state (entropy tables) after training or a structural change."""
+        return None
 
     def coupled_channels(self) -> dict[str, list[str]]:
         """Channel groups shared across components (e.g. the latent), by parameter name."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from compressai.models import (
@@ -110,6 +110,11 @@ class ZooAdapter(CodecAdapter):
             return "bmshj2018-factorized"
         return None
 
+    @property
+    def cnet(self) -> CompressionModel:
+        """`net` typed as the CompressAI model it is."""
+        return cast(CompressionModel, self.net)
+
     def components(self) -> dict[str, nn.Module]:
         return {
             name: getattr(self.net, attr)
@@ -122,23 +127,23 @@ class ZooAdapter(CodecAdapter):
         return RDOutput(x_hat=out["x_hat"], likelihoods=dict(out["likelihoods"]))
 
     def compress(self, x: torch.Tensor) -> bytes:
-        out = self.net.compress(x)
+        out = self.cnet.compress(x)
         strings = [s[0] for s in out["strings"]]
         return bitstream.pack(strings, [int(v) for v in out["shape"]])
 
     def decompress(self, data: bytes) -> torch.Tensor:
         strings, shape = bitstream.unpack(data)
-        out = self.net.decompress([[s] for s in strings], shape)
+        out = self.cnet.decompress([[s] for s in strings], shape)
         return out["x_hat"]
 
     def aux_loss(self) -> torch.Tensor:
-        return self.net.aux_loss()
+        return cast(torch.Tensor, self.cnet.aux_loss())
 
     def aux_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.net.named_parameters() if n.endswith(".quantiles")]
 
     def finalize(self) -> None:
-        self.net.update(force=True)
+        self.cnet.update(force=True)
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         # CompressionModel.load_state_dict resizes the entropy tables' buffers first.

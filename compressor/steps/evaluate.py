@@ -23,11 +23,11 @@ class EvaluateParams(BaseModel):
 def run(params: EvaluateParams, ctx: RunContext, art: Artifact, out: Path) -> Artifact:
     source = params.images or ctx.recipe.data.eval
     codec = open_codec(art.path, ctx.recipe.arch, params.provider, ctx.recipe.threads)
-    result = evaluate(codec, ctx.images(source), threads=ctx.recipe.threads,
-                      reporter=ctx.reporter)
+    result = evaluate(codec, ctx.images(source), threads=ctx.recipe.threads, reporter=ctx.reporter)
     write_eval_report(out, result, f"evaluate {art.id} on {source}")
-    return Artifact("", "report", out, "evaluate", art.id, params.model_dump(),
-                    summary=result.summary())
+    return Artifact(
+        "", "report", out, "evaluate", art.id, params.model_dump(), summary=result.summary()
+    )
 
 
 def check(params: EvaluateParams, recipe) -> None:  # type: ignore[no-untyped-def]
@@ -36,5 +36,4 @@ def check(params: EvaluateParams, recipe) -> None:  # type: ignore[no-untyped-de
     image_paths(params.images or recipe.data.eval)
 
 
-SPEC = register(StepSpec("evaluate", EvaluateParams, run, check,
-                         accepts=("checkpoint", "export")))
+SPEC = register(StepSpec("evaluate", EvaluateParams, run, check, accepts=("checkpoint", "export")))

@@ -20,12 +20,23 @@ def run(params: TrainConfig, ctx: RunContext, art: Artifact, out: Path) -> Artif
         # keep the trade-off the model was trained for unless the recipe says otherwise
         cfg = params.model_copy(update={"lmbda": meta["train"]["lmbda"]})
     images = load_folder(Path(str(ctx.recipe.data.train)), minimum=2)
-    result = train(model, images, cfg, out / "model.pt", resume=False, meta=meta,
-                   reporter=ctx.reporter)
+    result = train(
+        model, images, cfg, out / "model.pt", resume=False, meta=meta, reporter=ctx.reporter
+    )
     (out / "model.resume.pt").unlink(missing_ok=True)
-    return Artifact("", "checkpoint", out / "model.pt", "finetune", art.id,
-                    cfg.model_dump(), summary={"steps": result.steps, "stopped": result.stopped,
-                                               "best_val_loss": result.best_val_loss})
+    return Artifact(
+        "",
+        "checkpoint",
+        out / "model.pt",
+        "finetune",
+        art.id,
+        cfg.model_dump(),
+        summary={
+            "steps": result.steps,
+            "stopped": result.stopped,
+            "best_val_loss": result.best_val_loss,
+        },
+    )
 
 
 def check(params: TrainConfig, recipe) -> None:  # type: ignore[no-untyped-def]

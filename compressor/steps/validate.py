@@ -17,7 +17,7 @@ class ValidateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     images: str | None = Field(None, description="image source; default: the recipe's data.eval")
-    gates: Gates = Gates()
+    gates: Gates = Field(default_factory=Gates)
     repeats: int = Field(3, ge=1, description="timed repeats per image and codec (interleaved)")
     provider: str = Field("cpu", description="ONNX Runtime provider for exported models")
 
@@ -27,11 +27,26 @@ def run(params: ValidateParams, ctx: RunContext, art: Artifact, out: Path) -> Ar
     threads = ctx.recipe.threads
     base = open_codec(ctx.baseline.path, ctx.recipe.arch, params.provider, threads, "baseline")
     cand = open_codec(art.path, ctx.recipe.arch, params.provider, threads, "candidate")
-    result = validate(base, cand, ctx.images(source), params.gates, repeats=params.repeats,
-                      threads=threads, reporter=ctx.reporter)
+    result = validate(
+        base,
+        cand,
+        ctx.images(source),
+        params.gates,
+        repeats=params.repeats,
+        threads=threads,
+        reporter=ctx.reporter,
+    )
     write_validation_report(out, result, f"validate {art.id} against {ctx.baseline.id}")
-    return Artifact("", "report", out, "validate", art.id, params.model_dump(),
-                    summary={**result.deltas, "passed": result.passed}, failed=not result.passed)
+    return Artifact(
+        "",
+        "report",
+        out,
+        "validate",
+        art.id,
+        params.model_dump(),
+        summary={**result.deltas, "passed": result.passed},
+        failed=not result.passed,
+    )
 
 
 def check(params: ValidateParams, recipe) -> None:  # type: ignore[no-untyped-def]
@@ -40,5 +55,4 @@ def check(params: ValidateParams, recipe) -> None:  # type: ignore[no-untyped-de
     image_paths(params.images or recipe.data.eval)
 
 
-SPEC = register(StepSpec("validate", ValidateParams, run, check,
-                         accepts=("checkpoint", "export")))
+SPEC = register(StepSpec("validate", ValidateParams, run, check, accepts=("checkpoint", "export")))

@@ -28,17 +28,27 @@ def assert_user_error(code: int, err: str, *fragments: str) -> None:
 
 
 def test_unknown_arch(images_dir: Path, tmp_path: Path) -> None:
-    code, err = invoke("train", "--arch", "resnet50", "--data", images_dir,
-                       "--out", tmp_path / "o.pt")
-    assert_user_error(code, err, "unknown model arch 'resnet50'", "allowed:",
-                      "bmshj2018-hyperprior")
+    code, err = invoke(
+        "train", "--arch", "resnet50", "--data", images_dir, "--out", tmp_path / "o.pt"
+    )
+    assert_user_error(
+        code, err, "unknown model arch 'resnet50'", "allowed:", "bmshj2018-hyperprior"
+    )
     assert not list(tmp_path.glob("o*"))
 
 
 def test_checkpoint_of_another_arch(images_dir: Path, tmp_path: Path) -> None:
     checkpoint.save(tiny_model("bmshj2018-factorized"), tmp_path / "f.pt")
-    code, err = invoke("evaluate", tmp_path / "f.pt", "--arch", "mbt2018-mean",
-                       "--data", images_dir, "--out", tmp_path / "rep")
+    code, err = invoke(
+        "evaluate",
+        tmp_path / "f.pt",
+        "--arch",
+        "mbt2018-mean",
+        "--data",
+        images_dir,
+        "--out",
+        tmp_path / "rep",
+    )
     assert_user_error(code, err, "is a bmshj2018-factorized model, not mbt2018-mean")
     assert not (tmp_path / "rep").exists()
 
@@ -60,16 +70,14 @@ def test_pickle_that_would_run_code(images_dir: Path, tmp_path: Path) -> None:
     marker = Path("/tmp/compressor-cli-pwned")
     marker.unlink(missing_ok=True)
     torch.save({"state_dict": tiny_model().state_dict(), "x": _Payload()}, tmp_path / "e.pt")
-    code, err = invoke("evaluate", tmp_path / "e.pt", "--data", images_dir, "--out",
-                       tmp_path / "r")
+    code, err = invoke("evaluate", tmp_path / "e.pt", "--data", images_dir, "--out", tmp_path / "r")
     assert_user_error(code, err, "refused", "could run code", "weights-only")
     assert not marker.exists() and not (tmp_path / "r").exists()
 
 
 def test_empty_image_folder(tiny_ckpt: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    code, err = invoke("evaluate", tiny_ckpt, "--data", tmp_path / "empty", "--out",
-                       tmp_path / "r")
+    code, err = invoke("evaluate", tiny_ckpt, "--data", tmp_path / "empty", "--out", tmp_path / "r")
     assert_user_error(code, err, "has 0 images", ".png")
     assert not (tmp_path / "r").exists()
 
@@ -88,8 +96,11 @@ def _recipe(tmp_path: Path, body: str) -> Path:
 
 
 def test_unknown_recipe_key(tiny_ckpt: Path, images_dir: Path, tmp_path: Path) -> None:
-    r = _recipe(tmp_path, f"name: t\nmodel: {tiny_ckpt}\ndata: {{eval: {images_dir}}}\n"
-                          "steps:\n  - evaluate: {imagez: x}\n")
+    r = _recipe(
+        tmp_path,
+        f"name: t\nmodel: {tiny_ckpt}\ndata: {{eval: {images_dir}}}\n"
+        "steps:\n  - evaluate: {imagez: x}\n",
+    )
     code, err = invoke("run", r, "--output", tmp_path / "run")
     assert_user_error(code, err, str(r), "steps[0].evaluate.imagez", "Extra inputs")
     assert not (tmp_path / "run").exists()
@@ -98,12 +109,17 @@ def test_unknown_recipe_key(tiny_ckpt: Path, images_dir: Path, tmp_path: Path) -
     assert_user_error(code, err, "modle")
 
 
-@pytest.mark.parametrize("field,value", [("max_bpp_increase", "'lots'"),
-                                         ("max_psnr_drop_db", "[0.1]")])
-def test_ratio_of_the_wrong_type(tiny_ckpt: Path, images_dir: Path, tmp_path: Path,
-                                 field: str, value: str) -> None:
-    r = _recipe(tmp_path, f"name: t\nmodel: {tiny_ckpt}\ndata: {{eval: {images_dir}}}\n"
-                          f"steps:\n  - validate:\n      gates: {{{field}: {value}}}\n")
+@pytest.mark.parametrize(
+    "field,value", [("max_bpp_increase", "'lots'"), ("max_psnr_drop_db", "[0.1]")]
+)
+def test_ratio_of_the_wrong_type(
+    tiny_ckpt: Path, images_dir: Path, tmp_path: Path, field: str, value: str
+) -> None:
+    r = _recipe(
+        tmp_path,
+        f"name: t\nmodel: {tiny_ckpt}\ndata: {{eval: {images_dir}}}\n"
+        f"steps:\n  - validate:\n      gates: {{{field}: {value}}}\n",
+    )
     code, err = invoke("run", r, "--output", tmp_path / "run")
     assert_user_error(code, err, f"steps[0].validate.gates.{field}", "valid number")
     assert not (tmp_path / "run").exists()

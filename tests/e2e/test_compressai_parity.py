@@ -22,15 +22,35 @@ def test_evaluate_matches_compressai_eval_model(arch: str, tmp_path: Path) -> No
     train_dir = write_images(tmp_path / "train", [(128, 128)] * 4, seed=10)
     eval_dir = write_images(tmp_path / "eval", [(320, 384), (352, 416)], seed=20)
     ckpt = tmp_path / "m.pt"
-    cfg = TrainConfig(max_steps=30, eval_every=30, lr=1e-3, crop=64, val_crop=64,
-                      batch_size=2, val_fraction=0.25, threads=1)
+    cfg = TrainConfig(
+        max_steps=30,
+        eval_every=30,
+        lr=1e-3,
+        crop=64,
+        val_crop=64,
+        batch_size=2,
+        val_fraction=0.25,
+        threads=1,
+    )
     train(tiny_model(arch), load_folder(train_dir), cfg, ckpt)
 
     ours = evaluate(TorchCodec(checkpoint.load(ckpt)), load_images(eval_dir)).summary()
     proc = subprocess.run(
-        [sys.executable, "-m", "compressai.utils.eval_model", "checkpoint", str(eval_dir),
-         "-a", arch, "-p", str(ckpt)],
-        capture_output=True, text=True, check=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "compressai.utils.eval_model",
+            "checkpoint",
+            str(eval_dir),
+            "-a",
+            arch,
+            "-p",
+            str(ckpt),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     )
     theirs = json.loads(proc.stdout)["results"]
     assert abs(ours["psnr"] - theirs["psnr-rgb"][0]) < 0.01

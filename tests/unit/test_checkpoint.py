@@ -17,8 +17,10 @@ def _same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("arch", ["bmshj2018-factorized", "bmshj2018-hyperprior",
-                                  "mbt2018-mean", "mbt2018", "cheng2020-anchor"])
+@pytest.mark.parametrize(
+    "arch",
+    ["bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean", "mbt2018", "cheng2020-anchor"],
+)
 def test_foreign_layouts_load_with_arch_guessed(arch: str, tmp_path: Path) -> None:
     model = tiny_model(arch)
     sd = model.state_dict()

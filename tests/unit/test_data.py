@@ -30,7 +30,7 @@ def test_grey_rgba_and_16bit_become_8bit_rgb(tmp_path: Path) -> None:
     assert out.shape == (4, 4, 3)
     assert tuple(out[1, 1]) == (200, 0, 0) and tuple(out[0, 0]) == (255, 255, 255)
 
-    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    deep = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
     Image.fromarray(deep).save(tmp_path / "d.png")
     out = read_rgb8(tmp_path / "d.png")
     assert out.dtype == np.uint8 and out.shape == (8, 8, 3)
@@ -42,18 +42,18 @@ def test_folder_errors(tmp_path: Path) -> None:
         list_images(tmp_path)
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "ok.png")
     (tmp_path / "notes.csv").write_text("a,b\n")
-    with pytest.raises(DataError, match="notes.csv is not an image file"):
+    with pytest.raises(DataError, match=r"notes\.csv is not an image file"):
         list_images(tmp_path)
     (tmp_path / "notes.csv").unlink()
     (tmp_path / "fake.png").write_text("not a png")
     assert len(list_images(tmp_path)) == 2
-    with pytest.raises(DataError, match="fake.png is not a readable image"):
+    with pytest.raises(DataError, match=r"fake\.png is not a readable image"):
         read_rgb8(tmp_path / "fake.png")
 
 
 @pytest.mark.parametrize("h,w", [(64, 64), (100, 130), (512, 768), (1, 65)])
 def test_padding_matches_compressai(h: int, w: int) -> None:
-    pad, unpad = compute_padding(h, w, min_div=64)
+    pad, _ = compute_padding(h, w, min_div=64)
     ours = Padding.to_multiple(h, w, 64)
     assert (ours.left, ours.right, ours.top, ours.bottom) == pad
     x = torch.rand(1, 3, h, w)

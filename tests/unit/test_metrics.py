@@ -24,16 +24,25 @@ def _pair(h: int, w: int, sigma: float, seed: int = 0) -> tuple[np.ndarray, np.n
 @pytest.mark.parametrize("sigma", [2.0, 10.0, 40.0])
 def test_ssim_matches_skimage_gaussian(sigma: float) -> None:
     a, b = _pair(96, 120, sigma)
-    ref = structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
-                                use_sample_covariance=False, data_range=255, channel_axis=-1)
+    ref = structural_similarity(
+        a,
+        b,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=255,
+        channel_axis=-1,
+    )
     assert abs(ssim(a, b) - ref) < 1e-4
     assert 0 < ref < 1
 
 
 def test_psnr_and_ms_ssim_match_compressai_eval() -> None:
     a, b = _pair(192, 200, 12.0)
-    ref = compute_metrics(torch.from_numpy(a).permute(2, 0, 1)[None] / 255.0,
-                          torch.from_numpy(b).permute(2, 0, 1)[None] / 255.0)
+    ref = compute_metrics(
+        torch.from_numpy(a).permute(2, 0, 1)[None] / 255.0,
+        torch.from_numpy(b).permute(2, 0, 1)[None] / 255.0,
+    )
     assert abs(psnr(a, b) - ref["psnr-rgb"]) < 1e-4
     got = ms_ssim(a, b)
     assert got is not None and abs(got - ref["ms-ssim-rgb"]) < 1e-5
@@ -58,6 +67,7 @@ def test_latency_summary_and_interleaving() -> None:
     assert lat.median_ms == pytest.approx(10.5)
     assert lat.p95_ms == pytest.approx(19.0)
     calls: list[str] = []
-    interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                repeats=2, warmup=1)
+    interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=1
+    )
     assert calls == ["a", "b"] * 3

@@ -1,0 +1,20 @@
+"""Every registered pipeline step: strict params and defaults that validate."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from compressor.steps import STEPS
+
+
+@pytest.mark.parametrize("name", STEPS.names())
+def test_step_params_reject_unknown_keys(name: str) -> None:
+    params = STEPS.get(name).params
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        params.model_validate({"no_such_field": 1})
+
+
+@pytest.mark.parametrize("name", STEPS.names())
+def test_step_params_have_defaults(name: str) -> None:
+    STEPS.get(name).params.model_validate({})
