@@ -138,6 +138,18 @@ def evaluate(
     folder = out or Path("exported") / f"eval-{model.stem}"
     write_eval_report(folder, result, f"evaluate {model} on {data}")
     _print_eval(result, f"{codec.name} on {data}")
+    if result.complexity:
+        stdout.print(
+            table(
+                f"components (MACs at {result.complexity_size[0]}x"
+                f"{result.complexity_size[1]}, padded)",
+                ["component", "params", "GMACs", "size MB"],
+                [
+                    [r["component"], r["params"], (r["macs"] or 0) / 1e9, r["size_bytes"] / 1e6]
+                    for r in result.complexity
+                ],
+            )
+        )
     stdout.print(f"report: {folder}/report.md")
 
 
@@ -314,9 +326,17 @@ def list_models() -> None:
     rows = []
     for arch in MODELS.names():
         adapter = MODELS.get(arch)
-        rows.append([arch, adapter.family, ", ".join(
-            f"q{q}: {adapter.default_config(arch, q)}" for q in (1, 4, 6)
-            if _has_quality(adapter, arch, q))])
+        rows.append(
+            [
+                arch,
+                adapter.family,
+                ", ".join(
+                    f"q{q}: {adapter.default_config(arch, q)}"
+                    for q in (1, 4, 6)
+                    if _has_quality(adapter, arch, q)
+                ),
+            ]
+        )
     stdout.print(table("model archs", ["arch", "family", "configs (examples)"], rows))
 
 

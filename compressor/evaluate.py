@@ -23,6 +23,9 @@ class EvalResult:
     codec: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     threads: int | None = None
+    #: params / MACs / size per component (torch models), at `complexity_size`
+    complexity: list[dict[str, Any]] = field(default_factory=list)
+    complexity_size: tuple[int, int] | None = None
 
     def mean(self, key: str) -> float | None:
         values = [r[key] for r in self.rows if r.get(key) is not None]
@@ -81,6 +84,10 @@ def evaluate(
     if images:  # warm-up: first calls pay for allocation and kernel selection
         codec.decode(codec.encode(images[0][1]))
     result = EvalResult(codec.name, threads=threads)
+    if images:
+        h, w = images[0][1].shape[:2]
+        result.complexity = model_complexity(codec, h, w)
+        result.complexity_size = (h, w)
     reporter.start(f"evaluating {codec.name}", len(images))
     for name, rgb8 in images:
         row = measure_image(codec, name, rgb8)
@@ -88,3 +95,15 @@ def evaluate(
         reporter.advance(1, psnr=row["psnr"] or 0.0, bpp=row["bpp"])
     reporter.finish()
     return result
+
+
+def model_complexity(codec: Codec, h: int, w: int) -> list[dict[str, Any]]:
+    """Per-component params/MACs/size of a torch codec at an h x w image (padded as coded)."""
+    model = getattr(codec, "model", None)
+    if model is None:
+        return []
+    from compressor.data import Padding
+    from compressor.metrics.complexity import component_table
+
+    pad = Padding.to_multiple(h, w, model.pad_multiple)
+    return component_table(model, h + pad.top + pad.bottom, w + pad.left + pad.right)

@@ -84,7 +84,16 @@ def plot_rd(
 def write_eval_report(folder: Path, result: Any, title: str) -> None:
     """report.json + report.md (+ rd.png) of an EvalResult."""
     summary = result.summary()
-    write_json(folder / "report.json", {"title": title, "summary": summary, "images": result.rows})
+    write_json(
+        folder / "report.json",
+        {
+            "title": title,
+            "summary": summary,
+            "images": result.rows,
+            "complexity": result.complexity,
+            "complexity_size": result.complexity_size,
+        },
+    )
     mean_row = [["mean", *[summary.get(c) for c in EVAL_COLUMNS[1:]]]]
     write_markdown(
         folder / "report.md",
@@ -159,3 +168,24 @@ def write_validation_report(folder: Path, v: Any, title: str) -> None:
             for s in (v.baseline, v.candidate)
         },
     )
+
+
+def complexity_section(result: Any) -> list[tuple[str, str]]:
+    if not result.complexity:
+        return []
+    h, w = result.complexity_size
+    rows = [
+        [
+            r["component"],
+            r["params"],
+            r["macs"] / 1e9 if r["macs"] is not None else None,
+            r["size_bytes"] / 1e6,
+        ]
+        for r in result.complexity
+    ]
+    return [
+        (
+            f"Components (MACs for one {h}x{w} image, padded as coded)",
+            md_table(["component", "params", "GMACs", "size MB"], rows),
+        )
+    ]

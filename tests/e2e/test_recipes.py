@@ -21,10 +21,13 @@ def shrink(recipe: Path, tmp_path: Path, model: Path) -> Path:
     images = write_images(tmp_path / "imgs", [(96, 128), (128, 96), (96, 96)], seed=3)
     data["model"] = str(model)
     data["threads"] = 1  # the suite runs single-threaded (see tests/conftest.py)
-    data["data"] = {k: str(images) for k in ("eval", "train", "calibration")
-                    if k in data.get("data", {}) or k == "eval"}
+    data["data"] = {
+        k: str(images)
+        for k in ("eval", "train", "calibration")
+        if k in data.get("data", {}) or k == "eval"
+    }
     for step in data["steps"]:
-        (name, params), = step.items()
+        ((name, params),) = step.items()
         if name == "finetune":
             params.update(max_steps=2, crop=64, val_crop=64, batch_size=2, eval_every=1)
     out = tmp_path / recipe.name
@@ -50,11 +53,24 @@ def test_recipe_runs(recipe: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
 def test_impossible_gate_fails_with_exit_1(tiny_ckpt: Path, tmp_path: Path) -> None:
     images = write_images(tmp_path / "imgs", [(96, 96), (64, 80)])
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "name": "gate", "model": str(tiny_ckpt), "data": {"eval": str(images)}, "threads": 1,
-        "steps": [{"validate": {"repeats": 1, "gates": {"min_speedup": 1000.0,
-                                                        "max_psnr_drop_db": 0.0}}}],
-    }))
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "gate",
+                "model": str(tiny_ckpt),
+                "data": {"eval": str(images)},
+                "threads": 1,
+                "steps": [
+                    {
+                        "validate": {
+                            "repeats": 1,
+                            "gates": {"min_speedup": 1000.0, "max_psnr_drop_db": 0.0},
+                        }
+                    }
+                ],
+            }
+        )
+    )
     result = CliRunner().invoke(main, ["run", str(recipe), "--output", str(tmp_path / "run")])
     assert result.exit_code == 1, result.stderr
     assert "validation gate failed" in result.stderr
@@ -66,9 +82,21 @@ def test_impossible_gate_fails_with_exit_1(tiny_ckpt: Path, tmp_path: Path) -> N
 
 def test_validate_command_exit_codes(tiny_ckpt: Path, tmp_path: Path) -> None:
     images = write_images(tmp_path / "imgs", [(96, 96)])
-    args = ["validate", "--baseline", str(tiny_ckpt), "--candidate", str(tiny_ckpt),
-            "--data", str(images), "--repeats", "1", "--out", str(tmp_path / "v"),
-            "--threads", "1"]
+    args = [
+        "validate",
+        "--baseline",
+        str(tiny_ckpt),
+        "--candidate",
+        str(tiny_ckpt),
+        "--data",
+        str(images),
+        "--repeats",
+        "1",
+        "--out",
+        str(tmp_path / "v"),
+        "--threads",
+        "1",
+    ]
     ok = CliRunner().invoke(main, [*args, "--max-psnr-drop-db", "0.01"])
     assert ok.exit_code == 0, ok.stderr
     bad = CliRunner().invoke(main, [*args, "--min-speedup", "1000"])
