@@ -83,6 +83,21 @@ def train(
     )
 
 
+def _print_complexity(result: Any) -> None:
+    from compressor.rich_ui import out as stdout
+    from compressor.rich_ui import table
+
+    if not result.complexity or result.complexity_size is None:
+        return
+    h, w = result.complexity_size
+    rows = [
+        [r["component"], r["params"], (r["macs"] or 0) / 1e9, r["size_bytes"] / 1e6]
+        for r in result.complexity
+    ]
+    title = f"components (MACs for one {h}x{w} image, padded as coded)"
+    stdout.print(table(title, ["component", "params", "GMACs", "size MB"], rows))
+
+
 def _print_eval(result: Any, title: str) -> None:
     from compressor.report import EVAL_COLUMNS, eval_rows
     from compressor.rich_ui import out as stdout
@@ -138,18 +153,7 @@ def evaluate(
     folder = out or Path("exported") / f"eval-{model.stem}"
     write_eval_report(folder, result, f"evaluate {model} on {data}")
     _print_eval(result, f"{codec.name} on {data}")
-    if result.complexity:
-        stdout.print(
-            table(
-                f"components (MACs at {result.complexity_size[0]}x"
-                f"{result.complexity_size[1]}, padded)",
-                ["component", "params", "GMACs", "size MB"],
-                [
-                    [r["component"], r["params"], (r["macs"] or 0) / 1e9, r["size_bytes"] / 1e6]
-                    for r in result.complexity
-                ],
-            )
-        )
+    _print_complexity(result)
     stdout.print(f"report: {folder}/report.md")
 
 

@@ -16,7 +16,9 @@ def test_factorized_encoder_macs_are_exact() -> None:
     rows = {r["component"]: r for r in component_table(model, 64, 128)}
     sizes = [(32, 64), (16, 32), (8, 16), (4, 8)]
     chans = [(3, 8), (8, 8), (8, 8), (8, 12)]
-    expected = sum(conv_macs(ci, co, 5, h, w) for (ci, co), (h, w) in zip(chans, sizes))
+    expected = sum(
+        conv_macs(ci, co, 5, h, w) for (ci, co), (h, w) in zip(chans, sizes, strict=True)
+    )
     expected += sum(conv_macs(8, 8, 1, h, w) for h, w in sizes[:3])  # GDN
     assert rows["encoder"]["macs"] == expected
     params = sum(ci * co * 25 + co for ci, co in chans) + 3 * (8 * 8 + 8)
