@@ -83,7 +83,7 @@ def main(verbose: int) -> None:
 
 def _register_commands() -> None:
     # The command modules decorate `main`, so they are imported once it exists.
-    from compressor import cli_commands, cli_prune  # noqa: F401
+    from compressor import cli_commands, cli_deploy, cli_prune  # noqa: F401
 
 
 _register_commands()

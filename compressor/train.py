@@ -79,6 +79,13 @@ def rd_loss(lmbda: float) -> LossFn:
     return loss_fn
 
 
+def trained_lambda(model: CodecAdapter) -> float | None:
+    """The RD lambda a checkpoint was trained with (its meta), if it records one."""
+    meta = getattr(model, "meta", {}) or {}
+    value = meta.get("train", {}).get("lmbda")
+    return float(value) if value else None
+
+
 def split_images(images: list[np.ndarray], fraction: float, seed: int) -> tuple[list, list]:
     if len(images) < 2:
         raise DataError(f"training needs at least 2 images (one held out); got {len(images)}")

@@ -9,7 +9,7 @@ import numpy as np
 
 from compressor.models import CodecAdapter
 from compressor.progress import Reporter
-from compressor.train import TrainConfig, TrainResult, train
+from compressor.train import TrainConfig, TrainResult, train, trained_lambda
 
 #: the RD lambda when neither the caller nor the checkpoint's training record gives one
 DEFAULT_LMBDA = 0.0035
@@ -19,8 +19,7 @@ def finetune_config(
     model: CodecAdapter, *, max_steps: int | None, max_minutes: float | None, **overrides: Any
 ) -> TrainConfig:
     """TrainConfig of a recovery fine-tune: the checkpoint's own lambda unless overridden."""
-    meta = getattr(model, "meta", {}) or {}
-    lmbda = overrides.pop("lmbda", None) or meta.get("train", {}).get("lmbda") or DEFAULT_LMBDA
+    lmbda = overrides.pop("lmbda", None) or trained_lambda(model) or DEFAULT_LMBDA
     steps = max_steps if max_steps is not None else (10**9 if max_minutes else 1000)
     return TrainConfig(
         lmbda=lmbda,

@@ -46,6 +46,8 @@ class StepSpec:
     check: Callable[[Any, Recipe], None] | None = None
     #: the artifact kinds this step accepts as input
     accepts: tuple[str, ...] = ("checkpoint",)
+    #: minimal valid params (docs and the plugin tests)
+    example: dict[str, Any] = field(default_factory=dict)
 
 
 STEPS: Registry[StepSpec] = Registry("step")
@@ -57,7 +59,7 @@ def register(spec: StepSpec) -> StepSpec:
 
 
 def _load_builtin_steps() -> None:
-    from compressor.steps import evaluate, finetune, validate  # noqa: F401
+    from compressor.steps import evaluate, finetune, prune, validate  # noqa: F401
 
 
 _load_builtin_steps()

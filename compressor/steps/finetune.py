@@ -9,16 +9,17 @@ from compressor.artifact import Artifact
 from compressor.data import image_paths, load_folder
 from compressor.errors import RecipeError
 from compressor.steps import RunContext, StepSpec, register
-from compressor.train import TrainConfig, train
+from compressor.train import TrainConfig, train, trained_lambda
 
 
 def run(params: TrainConfig, ctx: RunContext, art: Artifact, out: Path) -> Artifact:
     model = checkpoint.load(art.path, ctx.recipe.arch)
     meta = dict(getattr(model, "meta", {}) or {})
     cfg = params
-    if "lmbda" not in params.model_fields_set and meta.get("train", {}).get("lmbda"):
+    lmbda = trained_lambda(model)
+    if "lmbda" not in params.model_fields_set and lmbda:
         # keep the trade-off the model was trained for unless the recipe says otherwise
-        cfg = params.model_copy(update={"lmbda": meta["train"]["lmbda"]})
+        cfg = params.model_copy(update={"lmbda": lmbda})
     images = load_folder(Path(str(ctx.recipe.data.train)), minimum=2)
     result = train(
         model, images, cfg, out / "model.pt", resume=False, meta=meta, reporter=ctx.reporter

@@ -28,6 +28,8 @@ def shrink(recipe: Path, tmp_path: Path, model: Path) -> Path:
     }
     for step in data["steps"]:
         ((name, params),) = step.items()
+        if name == "prune":
+            params["round_to"] = 2  # N=8 layers: 30% in multiples of 8 would leave none
         if name == "finetune":
             params.update(max_steps=2, crop=64, val_crop=64, batch_size=2, eval_every=1)
     out = tmp_path / recipe.name
