@@ -53,14 +53,14 @@ def to_rgb8(img: Image.Image, name: str) -> np.ndarray:
         arr = np.asarray(img, dtype=np.float64)
         scale = 65535.0 if arr.max() > 255 else 255.0
         grey = np.clip(np.round(arr / scale * 255.0), 0, 255).astype(np.uint8)
-        log.info("%s: %s (16-bit) image converted to 8-bit RGB", name, img.mode)
+        log.warning("%s: %s (16-bit) image converted to 8-bit RGB", name, img.mode)
         return np.repeat(grey[..., None], 3, axis=2)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        log.info("%s: %s image composited on white and converted to RGB", name, img.mode)
+        log.warning("%s: %s image composited on white and converted to RGB", name, img.mode)
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
-    log.info("%s: %s image converted to 8-bit RGB", name, img.mode)
+    log.warning("%s: %s image converted to 8-bit RGB", name, img.mode)
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 

@@ -17,7 +17,7 @@ MS_SSIM_MIN_SIDE = (11 - 1) * 2**4 + 1
 
 
 def _t(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].double()
+    return torch.from_numpy(np.array(a, dtype=np.float64)).permute(2, 0, 1)[None]
 
 
 def ssim(original: np.ndarray, reconstruction: np.ndarray) -> float:
