@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
 
 from compressor.errors import DataError
+from compressor.imageio import padding, read_rgb8
 
 log = logging.getLogger(__name__)
 
@@ -45,38 +45,6 @@ def list_images(folder: Path, minimum: int = 1) -> list[Path]:
     return images
 
 
-def to_rgb8(img: Image.Image, name: str) -> np.ndarray:
-    """8-bit RGB HxWx3 of any PIL image, with a logged note when it had to convert."""
-    if img.mode == "RGB":
-        return np.asarray(img, dtype=np.uint8)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        scale = 65535.0 if arr.max() > 255 else 255.0
-        grey = np.clip(np.round(arr / scale * 255.0), 0, 255).astype(np.uint8)
-        log.warning("%s: %s (16-bit) image converted to 8-bit RGB", name, img.mode)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        log.warning("%s: %s image composited on white and converted to RGB", name, img.mode)
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
-    log.warning("%s: %s image converted to 8-bit RGB", name, img.mode)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
-
-
-def read_rgb8(path: Path) -> np.ndarray:
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            arr = to_rgb8(img, path.name)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path} is not a readable image ({type(e).__name__}: {e})") from None
-    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise DataError(f"{path} has an unusable shape {arr.shape}")
-    return arr
-
-
 def to_tensor(rgb8: np.ndarray) -> torch.Tensor:
     """1x3xHxW float in [0, 1] from HxWx3 uint8 (what CompressAI's ToTensor gives)."""
     return torch.from_numpy(np.array(rgb8, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
@@ -98,14 +66,8 @@ class Padding:
 
     @classmethod
     def to_multiple(cls, h: int, w: int, multiple: int) -> Padding:
-        out_h = (h + multiple - 1) // multiple * multiple
-        out_w = (w + multiple - 1) // multiple * multiple
-        return cls(
-            (out_w - w) // 2,
-            out_w - w - (out_w - w) // 2,
-            (out_h - h) // 2,
-            out_h - h - (out_h - h) // 2,
-        )
+        top, bottom, left, right = padding(h, w, multiple)
+        return cls(left, right, top, bottom)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x, (self.left, self.right, self.top, self.bottom), mode="constant", value=0)

@@ -59,7 +59,7 @@ def register(spec: StepSpec) -> StepSpec:
 
 
 def _load_builtin_steps() -> None:
-    from compressor.steps import evaluate, finetune, prune, validate  # noqa: F401
+    from compressor.steps import evaluate, export, finetune, prune, validate  # noqa: F401
 
 
 _load_builtin_steps()

@@ -1,0 +1,58 @@
+"""Deployment commands: `export` (torch side) and `encode` / `decode` (the torch-free runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from compressor.cli import handle_errors, main
+from compressor.errors import RecipeError
+from compressor.runtime.cli import decode, encode
+
+main.add_command(encode)
+main.add_command(decode)
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Export folder to write."
+)
+@click.option("--arch", default=None, help="Arch of a foreign checkpoint (guessed if left out).")
+@click.option(
+    "--opset", type=click.IntRange(17, 20), default=17, show_default=True, help="ONNX opset."
+)
+@click.option(
+    "--rewrite/--no-rewrite",
+    default=True,
+    show_default=True,
+    help="Transposed convolutions as Conv + PixelShuffle (exact; quantizes to INT8 well).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
+@handle_errors
+def export(
+    model: Path, out: Path, arch: str | None, opset: int, rewrite: bool, overwrite: bool
+) -> None:
+    """Export MODEL (a checkpoint) to ONNX graphs + entropy tables + manifest.json."""
+    from compressor import checkpoint
+    from compressor.export import export_model
+    from compressor.rich_ui import out as stdout
+    from compressor.rich_ui import table
+    from compressor.runtime import manifest as mf
+
+    if out.exists() and not overwrite:
+        # checked before the (slow) load, like every input error
+        raise RecipeError(f"--out {out} exists; pass --overwrite or choose another folder")
+    adapter = checkpoint.load(model, arch)
+    folder = export_model(adapter, out, rewrite=rewrite, opset=opset, overwrite=overwrite)
+    found = mf.read(folder)
+    diffs = found.extra.get("parity_max_abs_diff", {})
+    rows = [
+        [name, (folder / name).stat().st_size, diffs.get(name.removesuffix(".onnx"))]
+        for name in found.files
+    ]
+    stdout.print(
+        table(f"export of {found.arch} ({found.kind})", ["file", "bytes", "max |Δ|"], rows)
+    )
+    stdout.print(f"model id {found.model_id[:16]}, opset {found.opset}; wrote {folder}")

@@ -1,0 +1,28 @@
+"""ONNX export: one graph per component, exact rewrites, entropy tables, manifest.json.
+
+`export_model(model, out_dir)` is what the CLI command and the recipe step `export` call;
+the folder it writes is loaded by compressor.runtime.load_codec (no torch needed there).
+"""
+
+from __future__ import annotations
+
+from compressor.export import zoo  # noqa: F401  (registers the CompressAI zoo exporter)
+from compressor.export.onnx import (
+    EXPORTERS,
+    ExportSpec,
+    export_model,
+    graph_inputs,
+    parity,
+    register_exporter,
+    spec_of,
+)
+
+__all__ = [
+    "EXPORTERS",
+    "ExportSpec",
+    "export_model",
+    "graph_inputs",
+    "parity",
+    "register_exporter",
+    "spec_of",
+]

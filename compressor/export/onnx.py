@@ -1,0 +1,241 @@
+"""Export a CodecAdapter: one ONNX graph per component, entropy tables, manifest.json.
+
+What a family must provide is an `ExportSpec` (its graphs as torch modules, its entropy
+tables, its kind); `register_exporter(family)` adds the hook. Everything else (rewrites,
+ONNX export with dynamic height/width, checker, parity against torch, hashes, manifest) is
+shared here. The runtime (compressor.runtime) reads what this writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+import compressor
+from compressor.errors import CheckpointError, RecipeError
+from compressor.export import rewrites
+from compressor.fsutil import atomic_dir
+from compressor.models.base import CodecAdapter
+from compressor.runtime import manifest as mf
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 17
+MAX_OPSET = 20  # highest the TorchScript exporter writes (torch.onnx._constants)
+#: export-time parity bound, relative to the largest reference magnitude (at least 1)
+PARITY_TOL = 1e-4
+_VERSIONED = ("torch", "compressai", "onnx", "onnxruntime", "numpy", "constriction")
+
+
+@dataclass
+class ExportSpec:
+    """What a model family hands to the exporter."""
+
+    kind: str  # one of compressor.runtime.manifest.KINDS
+    graphs: dict[str, nn.Module]  # g_a, g_s (+ h_a, h_s): exactly what each graph computes
+    tables: dict[str, np.ndarray]  # eb_* (+ gc_*) arrays, see compressor.runtime.codec
+
+
+Hook = Callable[[CodecAdapter], ExportSpec]
+EXPORTERS: dict[str, Hook] = {}
+
+
+def register_exporter(family: str) -> Callable[[Hook], Hook]:
+    def add(hook: Hook) -> Hook:
+        EXPORTERS[family] = hook
+        return hook
+
+    return add
+
+
+def spec_of(model: CodecAdapter) -> ExportSpec:
+    hook = EXPORTERS.get(model.family)
+    if hook is None:
+        raise CheckpointError(
+            f"model family {model.family!r} ({model.arch}) has no ONNX exporter; families "
+            f"with one: {', '.join(sorted(EXPORTERS))}"
+        )
+    spec = hook(model)
+    if spec.kind not in mf.KINDS or set(spec.graphs) != set(mf.GRAPHS[spec.kind]):
+        raise CheckpointError(f"exporter of {model.family} gave an invalid spec ({spec.kind})")
+    return spec
+
+
+def example_image(h: int, w: int) -> torch.Tensor:
+    """A deterministic photo-like input (gradients and texture), 1x3xHxW in [0, 1]."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    texture = 0.5 + 0.25 * torch.sin(23.0 * xx + 17.0 * yy) * torch.cos(11.0 * yy)
+    x = torch.stack([xx, yy, texture]) * 0.8 + 0.1
+    return x[None].clamp(0, 1)
+
+
+def graph_inputs(spec: ExportSpec, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The input each graph sees when compressing `x` (quantized as CompressAI does)."""
+    g = spec.graphs
+    medians = torch.from_numpy(spec.tables["eb_medians"]).reshape(1, -1, 1, 1)
+    with torch.no_grad():
+        y = g["g_a"](x)
+        if spec.kind == "factorized":
+            return {"g_a": x, "g_s": torch.round(y - medians) + medians}
+        z = g["h_a"](y)
+        z_hat = torch.round(z - medians) + medians
+        params = g["h_s"](z_hat)
+        if spec.kind == "mean-scale-hyperprior":
+            means = params.chunk(2, 1)[1]
+            y_hat = torch.round(y - means) + means
+        else:
+            y_hat = torch.round(y)
+    return {"g_a": x, "h_a": y, "h_s": z_hat, "g_s": y_hat}
+
+
+def export_graph(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    """One module to ONNX, dynamic batch/height/width, checked by onnx.checker."""
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with warnings.catch_warnings(), torch.no_grad():
+        # the TorchScript exporter is the one that needs no onnxscript; its deprecation
+        # notice and tracer warnings say nothing about this fixed-shape-free CNN
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": axes, "output": axes},
+            do_constant_folding=True,
+        )
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise CheckpointError(f"exported graph {path.name} fails onnx.checker: {e}") from None
+
+
+def parity(
+    spec: ExportSpec, folder: Path, images: list[torch.Tensor], threads: int = 1
+) -> dict[str, float]:
+    """Max abs difference of every exported graph vs torch, over padded 1x3xHxW images."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    worst = dict.fromkeys(spec.graphs, 0.0)
+    for x in images:
+        inputs = graph_inputs(spec, x)
+        for name, module in spec.graphs.items():
+            sess = ort.InferenceSession(
+                str(folder / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"]
+            )
+            with torch.no_grad():
+                ref = module(inputs[name]).numpy()
+            got = sess.run(None, {"input": inputs[name].numpy()})[0]
+            if got.shape != ref.shape:
+                raise CheckpointError(f"graph {name} gives shape {got.shape}, torch {ref.shape}")
+            worst[name] = max(worst[name], float(np.abs(got - ref).max()))
+    return worst
+
+
+def export_model(
+    model: CodecAdapter,
+    out_dir: Path,
+    *,
+    rewrite: bool = True,
+    opset: int = 17,
+    overwrite: bool = False,
+) -> Path:
+    """Write the export folder of `model` (atomically) and return it."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise RecipeError(f"opset {opset} is not supported; allowed: {MIN_OPSET}..{MAX_OPSET}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise RecipeError(f"export folder {out_dir} exists; choose another or allow overwrite")
+    model.eval()
+    spec = spec_of(model)
+    m = model.pad_multiple
+    probe = graph_inputs(spec, example_image(2 * m, 3 * m))
+    latents = _latents(spec, probe, m)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        for name, module in spec.graphs.items():
+            graph = rewrites.rewrite(module, subpixel=rewrite)
+            export_graph(graph, probe[name], tmp / f"{name}.onnx", opset)
+        np.savez(tmp / mf.TABLES, **spec.tables)
+        # a second, transposed size proves the height/width axes really are dynamic
+        images = [example_image(2 * m, 3 * m), example_image(3 * m, m)]
+        diffs = parity(spec, tmp, images)
+        _check_parity(spec, diffs, probe)
+        names = [f"{g}.onnx" for g in spec.graphs] + [mf.TABLES]
+        manifest = mf.Manifest(
+            arch=model.arch,
+            kind=spec.kind,
+            pad_multiple=m,
+            latents=latents,
+            files=mf.hash_files(tmp, names),
+            opset=opset,
+            extra={
+                "family": model.family,
+                "config": model.config,
+                "rewritten": rewrite,
+                "parity_max_abs_diff": diffs,
+                "versions": versions(),
+            },
+        )
+        manifest.write(tmp)
+    log.info("exported %s (%s) to %s, id %s", model.arch, spec.kind, out_dir, manifest.model_id)
+    return out_dir
+
+
+def versions() -> dict[str, str]:
+    out = {"compressor": compressor.__version__}
+    for pkg in _VERSIONED:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _latents(
+    spec: ExportSpec, probe: dict[str, torch.Tensor], multiple: int
+) -> dict[str, dict[str, int]]:
+    """Channels and downsampling factor of y (and z), measured on the probe input."""
+    h = probe["g_a"].shape[2]
+    named = (
+        {"y": probe["g_s"]}
+        if spec.kind == "factorized"
+        else {
+            "y": probe["g_s"],
+            "z": probe["h_s"],
+        }
+    )
+    out = {}
+    for name, t in named.items():
+        stride = h // t.shape[2]
+        if stride * t.shape[2] != h or multiple % stride:
+            raise CheckpointError(
+                f"latent {name} stride {h}/{t.shape[2]} does not divide {multiple}"
+            )
+        out[name] = {"channels": int(t.shape[1]), "stride": int(stride)}
+    return out
+
+
+def _check_parity(
+    spec: ExportSpec, diffs: dict[str, float], probe: dict[str, torch.Tensor]
+) -> None:
+    for name, diff in diffs.items():
+        with torch.no_grad():
+            scale = max(1.0, float(spec.graphs[name](probe[name]).abs().max()))
+        if not diff <= PARITY_TOL * scale:
+            raise CheckpointError(
+                f"exported graph {name} differs from torch by {diff:.3g} (allowed "
+                f"{PARITY_TOL * scale:.3g}); the export or a rewrite is wrong"
+            )

@@ -1,0 +1,56 @@
+"""Reading images to 8-bit RGB and the padding rule: torch-free, shared by training,
+evaluation (compressor.data) and the deployable runtime (compressor.runtime)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from compressor.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def to_rgb8(img: Image.Image, name: str) -> np.ndarray:
+    """8-bit RGB HxWx3 of any PIL image ; notes the conversion."""
+    if img.mode == "RGB":
+        return np.asarray(img, dtype=np.uint8)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 65535.0 if arr.max() > 255 else 255.0
+        grey = np.clip(np.round(arr / scale * 255.0), 0, 255).astype(np.uint8)
+        log.warning("%s: %s (16-bit) image converted to 8-bit RGB", name, img.mode)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        log.warning("%s: %s image composited on white and converted to RGB", name, img.mode)
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"), dtype=np.uint8)
+    log.warning("%s: %s image converted to 8-bit RGB", name, img.mode)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def read_rgb8(path: Path) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image {path} does not exist or is not a file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = to_rgb8(img, path.name)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path} is not a readable image ({type(e).__name__}: {e})") from None
+    if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise DataError(f"{path} has an unusable shape {arr.shape}")
+    return arr
+
+
+def padding(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): centred zero padding, as compressai.ops.compute_padding."""
+    out_h = (h + multiple - 1) // multiple * multiple
+    out_w = (w + multiple - 1) // multiple * multiple
+    top, left = (out_h - h) // 2, (out_w - w) // 2
+    return top, out_h - h - top, left, out_w - w - left

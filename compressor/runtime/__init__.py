@@ -1,0 +1,14 @@
+"""The deployable codec: ONNX Runtime graphs + numpy + constriction's ANS. Never imports torch.
+
+codec = load_codec("exported/p/", provider="cpu", threads=1)
+data = codec.encode(rgb8)          # HxWx3 uint8 -> bytes (header, payload, CRC)
+rgb8 = codec.decode(data)
+"""
+
+from __future__ import annotations
+
+from compressor.runtime.codec import PROVIDERS, OrtCodec, load_codec
+from compressor.runtime.container import peek_model_id
+from compressor.runtime.image import read_rgb8, write_rgb8
+
+__all__ = ["PROVIDERS", "OrtCodec", "load_codec", "peek_model_id", "read_rgb8", "write_rgb8"]

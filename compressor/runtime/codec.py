@@ -1,0 +1,241 @@
+"""OrtCodec: an exported folder run with ONNX Runtime + numpy + constriction. No torch.
+
+Implements the compressor.codec.Codec protocol (name, encode, decode), so `validate` measures
+it against the torch baseline on the same images. The arithmetic between the graphs follows
+CompressAI's compress()/decompress() exactly: symbols are round(y - mu) (round half to
+even, like torch.round), the scale index counts the scale-table entries below the scale, and
+the decoder reruns h_s through the same session type, so both sides pick identical tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from compressor.errors import (
+    BitstreamError,
+    CheckpointError,
+    CompressorError,
+    DataError,
+    RecipeError,
+)
+from compressor.runtime import container, image
+from compressor.runtime import manifest as mf
+from compressor.runtime.entropy import MAX_ABS_VALUE, Decoder, Encoder, Tables
+
+log = logging.getLogger(__name__)
+
+#: short names accepted for --provider (a full ONNX Runtime provider name works as well)
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+}
+MAX_THREADS = 256
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise RecipeError(f"threads must be 1..{MAX_THREADS}, got {threads}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (all cores)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3  # errors only: its warnings are not the user's business
+    return opts
+
+
+def providers_for(provider: str) -> list[str]:
+    name = PROVIDERS.get(provider.lower(), provider)
+    available = ort.get_available_providers()
+    if name not in available:
+        raise RecipeError(
+            f"ONNX Runtime provider {provider!r} is not available here; available: "
+            f"{', '.join(available)} (short names: {', '.join(PROVIDERS)})"
+        )
+    # CPU stays as the fallback for any operator the accelerator provider lacks.
+    return [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
+
+
+class OrtCodec:
+    """The deployable codec of one export folder."""
+
+    def __init__(self, folder: Path, provider: str = "cpu", threads: int | None = None) -> None:
+        self.folder = mf.locate(Path(folder))
+        self.manifest = mf.read(self.folder)
+        mf.verify(self.folder, self.manifest)
+        self.name = f"onnx:{self.folder.name}"
+        self.kind = self.manifest.kind
+        self.model_id = bytes.fromhex(self.manifest.model_id[: 2 * container.MODEL_ID_BYTES])
+        self.pad_multiple = self.manifest.pad_multiple
+        self.provider, self.threads = provider, threads
+        opts, providers = session_options(threads), providers_for(provider)
+        self.sessions = {
+            g: _session(self.folder / f"{g}.onnx", opts, providers) for g in mf.GRAPHS[self.kind]
+        }
+        self._load_tables(self.folder / mf.TABLES)
+        log.debug("loaded %s codec %s (%s, %s threads)", self.kind, self.folder, provider, threads)
+
+    # -- public API (the Codec protocol) --------------------------------------------------
+    def encode(self, rgb8: np.ndarray) -> bytes:
+        rgb8 = image.check_rgb8(rgb8)
+        h, w = rgb8.shape[:2]
+        try:
+            container.check_size(h, w)
+        except BitstreamError as e:
+            raise DataError(str(e)) from None
+        pad = image.padding(h, w, self.pad_multiple)
+        y = self._run("g_a", image.to_input(rgb8, pad), "y")
+        enc = Encoder()
+        if self.kind == "factorized":
+            enc.latent(_symbols(y, self.medians), self._channel_index(y.shape), self.bottleneck)
+        else:
+            z = self._run("h_a", y, "z")
+            z_sym = _symbols(z, self.medians)
+            enc.latent(z_sym, self._channel_index(z.shape), self.bottleneck)
+            indexes, means = self._hyper(z_sym.astype(np.float32) + self.medians, y.shape)
+            enc.latent(_symbols(y, means), indexes, self.gaussian)
+        header = container.Header(self.model_id, h, w, pad)
+        return container.pack(header, enc.finish())
+
+    def decode(self, data: bytes) -> np.ndarray:
+        header, payload = container.unpack(data)
+        self.check_model(header.model_id)
+        if header.pad != image.padding(header.height, header.width, self.pad_multiple):
+            raise BitstreamError(
+                f"bitstream is corrupt (padding {header.pad} does not fit image size "
+                f"{header.height}x{header.width} and multiple {self.pad_multiple})"
+            )
+        y_shape = self._latent_shape("y", header.padded)
+        dec = Decoder(payload)
+        if self.kind == "factorized":
+            y_hat = self._dequantize(
+                dec.latent(self._channel_index(y_shape), self.bottleneck), y_shape
+            )
+        else:
+            z_shape = self._latent_shape("z", header.padded)
+            z_sym = dec.latent(self._channel_index(z_shape), self.bottleneck).reshape(z_shape)
+            z_hat = z_sym.astype(np.float32) + self.medians
+            indexes, means = self._hyper(z_hat, y_shape, BitstreamError)
+            y_sym = dec.latent(indexes, self.gaussian).reshape(y_shape).astype(np.float32)
+            y_hat = y_sym if means is None else y_sym + means
+        dec.finish()
+        x_hat = self._run("g_s", y_hat.astype(np.float32), "x_hat", BitstreamError)
+        return image.from_output(x_hat, header.pad)
+
+    def check_model(self, model_id: bytes) -> None:
+        if model_id != self.model_id:
+            raise BitstreamError(
+                f"bitstream was encoded by another model (id {model_id.hex()}); this codec "
+                f"({self.manifest.arch}, {self.folder}) has id {self.model_id.hex()}: decode "
+                "it with the export that encoded it"
+            )
+
+    # -- internals -------------------------------------------------------------------------
+    def _load_tables(self, path: Path) -> None:
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a readable entropy table file ({e})") from None
+        y = self.manifest.latents["y"]
+        eb_channels = (
+            y["channels"] if self.kind == "factorized" else self.manifest.latents["z"]["channels"]
+        )
+        self.bottleneck = _tables(arrays, "eb", path)
+        self.medians = _array(arrays, "eb_medians", path, np.float32).reshape(1, -1, 1, 1)
+        if len(self.bottleneck) != eb_channels or self.medians.size != eb_channels:
+            raise CheckpointError(f"{path}: bottleneck tables do not have {eb_channels} channels")
+        if self.kind != "factorized":
+            self.gaussian = _tables(arrays, "gc", path)
+            self.scale_table = _array(arrays, "gc_scale_table", path, np.float32)
+            if self.scale_table.shape != (len(self.gaussian),):
+                raise CheckpointError(f"{path}: scale table and Gaussian CDFs differ in length")
+
+    def _run(
+        self, graph: str, x: np.ndarray, what: str, error: type[CompressorError] = CompressorError
+    ) -> np.ndarray:
+        session = self.sessions[graph]
+        out = session.run(None, {session.get_inputs()[0].name: x})[0]
+        if not np.isfinite(out).all():
+            # when decoding, only a forged stream (CRC-valid, nonsense symbols) gets here
+            raise error(f"graph {graph} produced non-finite values for {what}")
+        return np.asarray(out, dtype=np.float32)
+
+    def _hyper(
+        self,
+        z_hat: np.ndarray,
+        y_shape: tuple[int, ...],
+        error: type[CompressorError] = CompressorError,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(scale-table indexes, means or None) for y, from h_s(z_hat)."""
+        params = self._run("h_s", z_hat.astype(np.float32), "scales", error)
+        if self.kind == "mean-scale-hyperprior":
+            scales, means = np.split(params, 2, axis=1)
+        else:
+            scales, means = params, None
+        if scales.shape != tuple(y_shape):
+            raise CheckpointError(f"h_s gives scales of shape {scales.shape}, expected {y_shape}")
+        # CompressAI's build_indexes: len-1 minus the count of table[:-1] >= scale, i.e. the
+        # count of table[:-1] < scale. Both in float32, so encoder and decoder agree exactly.
+        indexes = np.searchsorted(self.scale_table[:-1], scales.ravel(), side="left")
+        return indexes.astype(np.int64), means
+
+    def _dequantize(self, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return values.reshape(shape).astype(np.float32) + self.medians
+
+    def _channel_index(self, shape: tuple[int, ...]) -> np.ndarray:
+        c = shape[1]
+        return np.broadcast_to(np.arange(c).reshape(1, c, 1, 1), shape).ravel()
+
+    def _latent_shape(self, name: str, padded: tuple[int, int]) -> tuple[int, int, int, int]:
+        entry = self.manifest.latents[name]
+        s = entry["stride"]
+        return (1, entry["channels"], padded[0] // s, padded[1] // s)
+
+
+def load_codec(folder: Path, provider: str = "cpu", threads: int | None = None) -> OrtCodec:
+    """The runtime codec of an export folder (or of a pipeline step folder holding one)."""
+    return OrtCodec(Path(folder), provider=provider, threads=threads)
+
+
+def _session(path: Path, opts: ort.SessionOptions, providers: list[str]) -> Any:
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as e:  # onnxruntime raises its own pybind exception types
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} cannot be loaded by ONNX Runtime ({first})") from None
+
+
+def _symbols(values: np.ndarray, means: np.ndarray | None) -> np.ndarray:
+    """round(values - means) as int64 (torch.round and np.rint both round half to even).
+
+    Clipped to the coder's range here, so the z the encoder feeds h_s is the z the decoder
+    decodes even for absurd latents.
+    """
+    centred = values if means is None else values - means
+    return np.clip(np.rint(centred), -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.int64)
+
+
+def _array(arrays: dict[str, np.ndarray], key: str, path: Path, dtype: Any) -> np.ndarray:
+    if key not in arrays:
+        raise CheckpointError(f"{path} has no array {key!r}; export the model again")
+    value = arrays[key]
+    if value.dtype != dtype:
+        raise CheckpointError(f"{path}: {key} must be {np.dtype(dtype).name}, not {value.dtype}")
+    return value
+
+
+def _tables(arrays: dict[str, np.ndarray], prefix: str, path: Path) -> Tables:
+    return Tables.from_arrays(
+        _array(arrays, f"{prefix}_cdf", path, np.int32),
+        _array(arrays, f"{prefix}_cdf_length", path, np.int32),
+        _array(arrays, f"{prefix}_offset", path, np.int32),
+        f"{path.name}:{prefix}",
+    )

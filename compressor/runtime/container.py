@@ -1,0 +1,106 @@
+"""The bitstream file: a small header, the entropy-coded payload, a CRC-32.
+
+Layout (all varints are LEB128, compressor.bitstream):
+
+    magic        4 bytes   b"CMPR"
+    version      1 byte    FORMAT_VERSION
+    model_id     8 bytes   first 8 bytes of the export's model id (manifest.json)
+    height       varint    original image size, pixels
+    width        varint
+    pad          4 varints top, bottom, left, right zero padding to the model's multiple
+    payload      rest      ANS words (little-endian uint32) of every latent
+    crc32        4 bytes   little-endian CRC-32 of everything before it
+
+The CRC is checked before any field is trusted, so a truncated file or flipped bytes give a
+clear error instead of a garbage image, and size fields of a damaged file never size a buffer.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from compressor import bitstream
+from compressor.errors import BitstreamError
+
+MAGIC = b"CMPR"
+FORMAT_VERSION = 1
+MODEL_ID_BYTES = 8
+#: the largest image a file may describe (about 33 Mpx, e.g. 8192 x 4096): a bound on memory
+MAX_PIXELS = 1 << 25
+MAX_SIDE = 1 << 15
+_FIXED = len(MAGIC) + 1 + MODEL_ID_BYTES
+_MIN_SIZE = _FIXED + 6 + 4  # six one-byte varints and the CRC
+
+
+@dataclass(frozen=True)
+class Header:
+    model_id: bytes
+    height: int
+    width: int
+    pad: tuple[int, int, int, int]  # top, bottom, left, right
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        top, bottom, left, right = self.pad
+        return self.height + top + bottom, self.width + left + right
+
+
+def check_size(height: int, width: int) -> None:
+    if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE and height * width <= MAX_PIXELS):
+        raise BitstreamError(
+            f"image size {height}x{width} is out of range; allowed: sides 1..{MAX_SIDE}, "
+            f"at most {MAX_PIXELS} pixels"
+        )
+
+
+def pack(header: Header, payload: bytes) -> bytes:
+    if len(header.model_id) != MODEL_ID_BYTES:
+        raise ValueError(f"model id must be {MODEL_ID_BYTES} bytes")
+    check_size(header.height, header.width)
+    out = bytearray(MAGIC)
+    out.append(FORMAT_VERSION)
+    out += header.model_id
+    for value in (header.height, header.width, *header.pad):
+        out += bitstream.write_varint(value)
+    out += payload
+    out += zlib.crc32(out).to_bytes(4, "little")
+    return bytes(out)
+
+
+def unpack(data: bytes) -> tuple[Header, bytes]:
+    """(header, payload) of a file, or a BitstreamError naming what is wrong with it."""
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+        raise BitstreamError(
+            f"not a compressor bitstream (starts with {bytes(data[:4])!r}, expected {MAGIC!r})"
+        )
+    if len(data) < _MIN_SIZE:
+        raise BitstreamError(
+            f"bitstream is truncated ({len(data)} bytes; a file has at least {_MIN_SIZE})"
+        )
+    version = data[len(MAGIC)]
+    if version != FORMAT_VERSION:
+        raise BitstreamError(
+            f"bitstream format version {version} is not supported; this runtime reads "
+            f"version {FORMAT_VERSION}"
+        )
+    body, stored = data[:-4], int.from_bytes(data[-4:], "little")
+    if zlib.crc32(body) != stored:
+        raise BitstreamError("bitstream is truncated or corrupt (CRC-32 mismatch)")
+    model_id = bytes(body[len(MAGIC) + 1 : _FIXED])
+    pos = _FIXED
+    values = []
+    for _ in range(6):
+        value, pos = bitstream.read_varint(body, pos)
+        values.append(value)
+    height, width, *pad = values
+    check_size(height, width)
+    if any(p >= 1 << 12 for p in pad):
+        raise BitstreamError(f"bitstream is corrupt (padding {pad} out of range)")
+    header = Header(model_id, height, width, (pad[0], pad[1], pad[2], pad[3]))
+    return header, bytes(body[pos:])
+
+
+def peek_model_id(data: bytes) -> bytes:
+    """The model id of a file that passes the magic, version and CRC checks."""
+    return unpack(data)[0].model_id

@@ -1,0 +1,182 @@
+"""Entropy coding of integer latents with CompressAI's quantized CDF tables, torch-free.
+
+The coder is `constriction`'s ANS (Rust, memory-safe: damaged data gives an exception or wrong
+symbols, never an out-of-bounds read). The probability tables are CompressAI's own
+(`_quantized_cdf`, `_cdf_length`, `_offset`, 16-bit precision) exported beside the graphs, so
+the rate matches `compress()`; out-of-range values use CompressAI's escape rule (the last symbol
+of every table) with their magnitude coded after the latent, Elias-gamma style.
+
+All latents of one image share one ANS stack: the encoder collects segments in decode order
+and pushes them in reverse, so the decoder pops z, runs h_s, then pops y.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import constriction
+import numpy as np
+
+from compressor.errors import BitstreamError, CheckpointError
+
+PRECISION = 16
+#: values beyond this are clipped before coding; keeps escape magnitudes below 2**31
+MAX_ABS_VALUE = 1 << 29
+_MAX_OFFSET = 1 << 20
+_NBITS = 32  # escape magnitudes have 0..31 significant bits
+_CHUNK = 16  # escape bits are coded in chunks of at most this many bits
+
+_model = constriction.stream.model
+
+
+@dataclass
+class Tables:
+    """One entropy model: per-table categorical distributions, offsets and escape symbols."""
+
+    offsets: np.ndarray  # (T,) int64: value of symbol 0 of each table
+    escape: np.ndarray  # (T,) int64: the escape symbol of each table (= cdf_length - 2)
+    models: list[Any] = field(repr=False)
+
+    @classmethod
+    def from_arrays(
+        cls, cdf: np.ndarray, lengths: np.ndarray, offsets: np.ndarray, name: str
+    ) -> Tables:
+        """Checked against CompressAI's layout, so a doctored table file cannot mislead."""
+        if cdf.ndim != 2 or lengths.shape != (cdf.shape[0],) or offsets.shape != lengths.shape:
+            raise CheckpointError(f"entropy table {name}: inconsistent shapes")
+        if cdf.shape[0] < 1 or lengths.min() < 3 or lengths.max() > cdf.shape[1]:
+            raise CheckpointError(f"entropy table {name}: CDF lengths out of range")
+        if np.abs(offsets).max() > _MAX_OFFSET:
+            raise CheckpointError(f"entropy table {name}: offsets out of range")
+        models = []
+        for k, n in enumerate(lengths.tolist()):
+            row = cdf[k, :n].astype(np.int64)
+            freqs = np.diff(row)
+            if row[0] != 0 or row[-1] != 1 << PRECISION or freqs.min() < 1:
+                raise CheckpointError(
+                    f"entropy table {name}[{k}] is not a {PRECISION}-bit quantized CDF"
+                )
+            models.append(_model.Categorical(freqs.astype(np.float64), perfect=False))
+        return cls(offsets.astype(np.int64), lengths.astype(np.int64) - 2, models)
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+
+class Encoder:
+    """Collects the segments of every latent in decode order; `finish()` gives the bytes."""
+
+    def __init__(self) -> None:
+        self._segments: list[tuple[np.ndarray, Any]] = []
+
+    def latent(self, values: np.ndarray, indexes: np.ndarray, tables: Tables) -> None:
+        values = np.clip(values.ravel().astype(np.int64), -MAX_ABS_VALUE, MAX_ABS_VALUE)
+        idx = indexes.ravel().astype(np.int64)
+        sym = values - tables.offsets[idx]
+        top = tables.escape[idx]
+        low, high = sym < 0, sym >= top
+        raw = np.zeros_like(sym)
+        raw[low] = -2 * sym[low] - 1
+        raw[high] = 2 * (sym[high] - top[high])
+        escaped = low | high
+        sym = np.where(escaped, top, sym)
+        order = np.argsort(idx, kind="stable")
+        counts = np.bincount(idx, minlength=len(tables))
+        ordered = sym[order].astype(np.int32)
+        start = 0
+        for k, n in enumerate(counts.tolist()):
+            if n:
+                self._segments.append((ordered[start : start + n], tables.models[k]))
+                start += n
+        self._escapes(raw[escaped])
+
+    def _escapes(self, raw: np.ndarray) -> None:
+        nbits = _bit_length(raw)
+        self._segments.append((nbits.astype(np.int32), _model.Uniform(_NBITS)))
+        rest = np.where(nbits > 0, raw - (np.int64(1) << np.maximum(nbits - 1, 0)), 0)
+        for extra in range(1, _NBITS - 1):
+            part = rest[nbits - 1 == extra]
+            if part.size == 0:
+                continue
+            lo = min(extra, _CHUNK)
+            self._segments.append(
+                ((part & ((1 << lo) - 1)).astype(np.int32), _model.Uniform(1 << lo))
+            )
+            if extra > _CHUNK:
+                hi_bits = extra - _CHUNK
+                self._segments.append(
+                    ((part >> _CHUNK).astype(np.int32), _model.Uniform(1 << hi_bits))
+                )
+
+    def finish(self) -> bytes:
+        coder = constriction.stream.stack.AnsCoder()
+        for symbols, model in reversed(self._segments):
+            coder.encode_reverse(symbols, model)
+        words = coder.get_compressed()
+        return np.asarray(words, dtype="<u4").tobytes()
+
+
+class Decoder:
+    """Pops latents in the order the encoder added them; `finish()` checks nothing is left."""
+
+    def __init__(self, payload: bytes) -> None:
+        if len(payload) % 4:
+            raise BitstreamError(
+                f"bitstream is corrupt (payload of {len(payload)} bytes is not whole 32-bit words)"
+            )
+        words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+        try:
+            self._coder = constriction.stream.stack.AnsCoder(words)
+        except ValueError as e:
+            raise BitstreamError(f"bitstream is corrupt ({e})") from None
+
+    def _pop(self, model: Any, count: int) -> np.ndarray:
+        try:
+            return np.asarray(self._coder.decode(model, count), dtype=np.int64)
+        except (ValueError, RuntimeError, OverflowError) as e:
+            raise BitstreamError(f"bitstream is corrupt ({e})") from None
+
+    def latent(self, indexes: np.ndarray, tables: Tables) -> np.ndarray:
+        """The integer values of one latent (flat, in `indexes`' order)."""
+        idx = indexes.ravel().astype(np.int64)
+        order = np.argsort(idx, kind="stable")
+        counts = np.bincount(idx, minlength=len(tables))
+        parts = [self._pop(tables.models[k], n) for k, n in enumerate(counts.tolist()) if n]
+        sym = np.empty(idx.size, dtype=np.int64)
+        sym[order] = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        top = tables.escape[idx]
+        escaped = sym == top
+        raw = self._escapes(int(escaped.sum()))
+        odd = (raw & 1).astype(bool)
+        sym[escaped] = np.where(odd, -((raw + 1) >> 1), (raw >> 1) + top[escaped])
+        return sym + tables.offsets[idx]
+
+    def _escapes(self, count: int) -> np.ndarray:
+        nbits = self._pop(_model.Uniform(_NBITS), count)
+        rest = np.zeros(count, dtype=np.int64)
+        for extra in range(1, _NBITS - 1):
+            sel = nbits - 1 == extra
+            n = int(sel.sum())
+            if n == 0:
+                continue
+            lo = min(extra, _CHUNK)
+            part = self._pop(_model.Uniform(1 << lo), n)
+            if extra > _CHUNK:
+                part |= self._pop(_model.Uniform(1 << (extra - _CHUNK)), n) << _CHUNK
+            rest[sel] = part
+        return np.where(nbits > 0, rest + (np.int64(1) << np.maximum(nbits - 1, 0)), 0)
+
+    def finish(self) -> None:
+        if not self._coder.is_empty():
+            raise BitstreamError("bitstream is corrupt (data left over after the last latent)")
+
+
+def _bit_length(values: np.ndarray) -> np.ndarray:
+    """Bits needed for each non-negative value (0 for 0), exact for int64."""
+    out = np.zeros(values.shape, dtype=np.int64)
+    rest = values.copy()
+    while rest.size and rest.max() > 0:
+        out += rest > 0
+        rest >>= 1
+    return out
