@@ -2,15 +2,13 @@
 
 The same command objects are registered on the main CLI (compressor.cli_deploy), so
 `cli.py encode` and `cli.py decode` behave identically; this module exists so a deployment
-with only onnxruntime, numpy, constriction, pillow and click can run them.
+with only onnxruntime, numpy, constriction, pillow, click and pydantic can run them.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +16,8 @@ from typing import Any, TypeVar
 
 import click
 
-from compressor.errors import BitstreamError, CheckpointError, CompressorError
+from compressor.cli_common import handle_errors
+from compressor.errors import BitstreamError, CheckpointError
 from compressor.fsutil import write_bytes
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,20 +29,6 @@ MAX_FILE_BYTES = 256 << 20
 CODECS_ENV = "COMPRESSOR_CODECS"
 DEFAULT_ROOTS = (Path("exported"),)
 _MAX_MANIFESTS = 10_000
-
-
-def handle_errors(fn: F) -> F:
-    """One line on stderr and the documented exit code (as compressor.cli.handle_errors)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except CompressorError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(e.exit_code)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def read_bitstream(path: Path) -> bytes:
