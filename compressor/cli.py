@@ -31,7 +31,12 @@ def main(verbose: int) -> None:
 
 def _register_commands() -> None:
     # The command modules decorate `main`, so they are imported once it exists.
-    from compressor import cli_commands, cli_deploy, cli_prune  # noqa: F401
+    from compressor import (  # noqa: F401
+        cli_commands,
+        cli_deploy,
+        cli_distill,
+        cli_prune,
+    )
 
 
 _register_commands()

@@ -26,6 +26,8 @@ class RunContext:
     baseline: Artifact  # the recipe's input model
     reporter: Reporter = field(default_factory=NullReporter)
     cache: dict[str, Any] = field(default_factory=dict)
+    #: the artifacts of the steps run so far, in order (a step may compare against one)
+    done: list[Artifact] = field(default_factory=list)
 
     def images(self, source: str) -> list:
         """Images of a source, decoded once per run."""
@@ -59,7 +61,14 @@ def register(spec: StepSpec) -> StepSpec:
 
 
 def _load_builtin_steps() -> None:
-    from compressor.steps import evaluate, export, finetune, prune, validate  # noqa: F401
+    from compressor.steps import (  # noqa: F401
+        distill,
+        evaluate,
+        export,
+        finetune,
+        prune,
+        validate,
+    )
 
 
 _load_builtin_steps()

@@ -26,12 +26,23 @@ def shrink(recipe: Path, tmp_path: Path, model: Path) -> Path:
         for k in ("eval", "train", "calibration")
         if k in data.get("data", {}) or k == "eval"
     }
+    if "calibration" in data["data"]:  # the quantize step refuses to calibrate on eval images
+        calibration = write_images(tmp_path / "cal", [(96, 96), (80, 112)], seed=11)
+        data["data"]["calibration"] = str(calibration)
     for step in data["steps"]:
         ((name, params),) = step.items()
         if name == "prune":
             params["round_to"] = 2  # N=8 layers: 30% in multiples of 8 would leave none
         if name == "finetune":
             params.update(max_steps=2, crop=64, val_crop=64, batch_size=2, eval_every=1)
+        if name == "quantize":
+            params["calibration"] = {**params.get("calibration", {}), "images": 2, "crop": 64}
+            if params.get("accuracy"):
+                params["accuracy"].update(images=1, max_trials=2)
+        if name == "distill":
+            params.setdefault("train", {}).update(
+                max_steps=2, crop=64, val_crop=64, batch_size=2, eval_every=1
+            )
     out = tmp_path / recipe.name
     out.write_text(yaml.safe_dump(data))
     return out
