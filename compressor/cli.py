@@ -36,6 +36,7 @@ def _register_commands() -> None:
         cli_deploy,
         cli_distill,
         cli_prune,
+        cli_quant,
     )
 
 

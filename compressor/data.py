@@ -102,18 +102,27 @@ def load_folder(folder: Path, minimum: int = 1) -> list[np.ndarray]:
     return [read_rgb8(p) for p in image_paths(folder, minimum)]
 
 
-#: scikit-image's bundled colour photos: the embedded default evaluation set (no download)
-SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "ihc.png")
-SKIMAGE = "skimage"
+#: scikit-image's bundled colour photos (no download): the embedded default's evaluation set,
+#: and a disjoint set for calibration, so nothing is calibrated on the images it is judged on
+SKIMAGE_SETS = {
+    "skimage": ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "ihc.png"),
+    "skimage-calibration": (
+        "motorcycle_left.png",
+        "motorcycle_right.png",
+        "hubble_deep_field.jpg",
+        "retina.jpg",
+    ),
+}
 
 
 def image_paths(source: str | Path, minimum: int = 1) -> list[Path]:
-    """Paths of an image source: a folder, or 'skimage' for scikit-image's sample photos."""
-    if str(source) == SKIMAGE:
+    """Paths of an image source: a folder, or 'skimage' / 'skimage-calibration' for
+    scikit-image's sample photos."""
+    if str(source) in SKIMAGE_SETS:
         import skimage
 
         folder = Path(skimage.__file__).parent / "data"
-        return [folder / name for name in SKIMAGE_PHOTOS]
+        return [folder / name for name in SKIMAGE_SETS[str(source)]]
     return list_images(Path(source), minimum)
 
 

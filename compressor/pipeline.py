@@ -105,6 +105,7 @@ def run(p: Plan, reporter: Reporter | None = None) -> RunResult:
             write_manifest(tmp, art, {"input": current.path}, {"file": p.source, **p.raw})
         art = art.relocated(tmp, final_dir)
         done.append(art)
+        ctx.done.append(art)
         if art.kind != "report":
             current = art
         if art.failed:

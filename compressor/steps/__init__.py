@@ -67,6 +67,7 @@ def _load_builtin_steps() -> None:
         export,
         finetune,
         prune,
+        quantize,
         validate,
     )
 

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from compressor.artifact import Artifact
 from compressor.codec import open_codec
+from compressor.errors import RecipeError
 from compressor.report import write_validation_report
 from compressor.steps import RunContext, StepSpec, register
 from compressor.validate import Gates, validate
@@ -20,12 +21,18 @@ class ValidateParams(BaseModel):
     gates: Gates = Field(default_factory=Gates)
     repeats: int = Field(3, ge=1, description="timed repeats per image and codec (interleaved)")
     provider: str = Field("cpu", description="ONNX Runtime provider for exported models")
+    baseline: str | None = Field(
+        None,
+        description="an earlier step (e.g. export) whose output is the baseline; default: the "
+        "recipe's input model",
+    )
 
 
 def run(params: ValidateParams, ctx: RunContext, art: Artifact, out: Path) -> Artifact:
     source = params.images or ctx.recipe.data.eval
     threads = ctx.recipe.threads
-    base = open_codec(ctx.baseline.path, ctx.recipe.arch, params.provider, threads, "baseline")
+    reference = _baseline(params, ctx)
+    base = open_codec(reference.path, ctx.recipe.arch, params.provider, threads, "baseline")
     cand = open_codec(art.path, ctx.recipe.arch, params.provider, threads, "candidate")
     result = validate(
         base,
@@ -36,7 +43,7 @@ def run(params: ValidateParams, ctx: RunContext, art: Artifact, out: Path) -> Ar
         threads=threads,
         reporter=ctx.reporter,
     )
-    write_validation_report(out, result, f"validate {art.id} against {ctx.baseline.id}")
+    write_validation_report(out, result, f"validate {art.id} against {reference.id}")
     return Artifact(
         "",
         "report",
@@ -49,10 +56,28 @@ def run(params: ValidateParams, ctx: RunContext, art: Artifact, out: Path) -> Ar
     )
 
 
+def _baseline(params: ValidateParams, ctx: RunContext) -> Artifact:
+    if params.baseline is None:
+        return ctx.baseline
+    earlier = [a for a in ctx.done if a.step == params.baseline and a.kind != "report"]
+    if not earlier:
+        raise RecipeError(
+            f"validate baseline {params.baseline!r}: no earlier step of that name produced a "
+            f"model (earlier: {', '.join(a.step for a in ctx.done) or 'none'})"
+        )
+    return earlier[-1]
+
+
 def check(params: ValidateParams, recipe) -> None:  # type: ignore[no-untyped-def]
     from compressor.data import image_paths
 
     image_paths(params.images or recipe.data.eval)
+    names = [name for name, _ in recipe.steps]
+    if params.baseline is not None and params.baseline not in names:
+        raise RecipeError(
+            f"validate baseline {params.baseline!r} is not a step of this recipe; steps: "
+            f"{', '.join(names)}"
+        )
 
 
 SPEC = register(StepSpec("validate", ValidateParams, run, check, accepts=("checkpoint", "export")))

@@ -1,0 +1,116 @@
+"""The parameters of the `quantize` step / command (pydantic; unknown keys are errors)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: recipe component name -> the graph of an export folder it names
+COMPONENTS = {
+    "encoder": "g_a",
+    "decoder": "g_s",
+    "hyper_encoder": "h_a",
+    "hyper_decoder": "h_s",
+}
+#: keep-in-float rules, applied to every quantized component
+RULES = {
+    "first": "the first convolution of the graph (it sees raw pixels or the latent)",
+    "last": "the last convolution of the graph (it writes pixels or the latent)",
+    "gdn": "the 1x1 convolutions inside (I)GDN, whose input is x*x (a squared dynamic range)",
+}
+#: backends this version implements (compressor.quant.QUANTIZERS holds the same names)
+BACKENDS = ("ort-static",)
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    images: int = Field(16, ge=1, le=1000, description="calibration images (sorted, first N)")
+    crop: int = Field(256, ge=64, le=2048, description="centre crop of each image, pixels")
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: float = Field(99.999, gt=90, le=100, description="for method percentile")
+
+
+class Accuracy(BaseModel):
+    """Accuracy-aware mode: keep the most sensitive layers in float until these hold."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_psnr_drop_db: float = Field(0.3, description="allowed PSNR loss vs the float export, dB")
+    max_bpp_increase: float | None = Field(
+        0.02, description="allowed relative bpp increase (0.02 = +2%)"
+    )
+    max_trials: int = Field(8, ge=1, le=200, description="quantize-and-measure rounds at most")
+    images: int = Field(
+        2, ge=1, le=100, description="images measured per trial (the calibration folder's last)"
+    )
+
+    @field_validator("max_psnr_drop_db", "max_bpp_increase")
+    @classmethod
+    def _non_negative(cls, v: float | None) -> float | None:
+        if v is not None and v < 0:
+            raise ValueError(
+                f"a tolerance is the largest loss allowed, so it is >= 0 (0.3 = at most 0.3 "
+                f"lost); got {v}"
+            )
+        return v
+
+
+class QuantParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str = Field("ort-static", description=f"one of: {', '.join(BACKENDS)}")
+    components: list[str] = Field(
+        default_factory=lambda: ["encoder", "decoder"],
+        description=f"graphs to quantize: {', '.join(COMPONENTS)}",
+    )
+    calibration: Calibration = Field(default_factory=Calibration)
+    per_channel: bool = Field(True, description="one weight scale per output channel")
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    keep_float: list[str] = Field(
+        default_factory=list,
+        description="rules (first, last, gdn) or COMPONENT:RULE or COMPONENT:NODE_NAME",
+    )
+    preprocess: bool = Field(True, description="ONNX Runtime's quant_pre_process first")
+    sensitivity: bool = Field(False, description="write the per-layer sensitivity table")
+    accuracy: Accuracy | None = None
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v not in BACKENDS:
+            raise ValueError(f"unknown quantization backend {v!r}; allowed: {', '.join(BACKENDS)}")
+        return v
+
+    @field_validator("components")
+    @classmethod
+    def _components(cls, v: list[str]) -> list[str]:
+        unknown = [c for c in v if c not in COMPONENTS]
+        if unknown or not v or len(set(v)) != len(v):
+            raise ValueError(
+                f"components must be a non-empty list of distinct names from "
+                f"{', '.join(COMPONENTS)}; got {v}"
+            )
+        return v
+
+    @field_validator("keep_float")
+    @classmethod
+    def _keep_float(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            comp, sep, what = entry.partition(":")
+            if not sep and entry not in RULES:
+                raise ValueError(
+                    f"keep_float entry {entry!r}: a rule ({', '.join(RULES)}) or "
+                    "COMPONENT:RULE or COMPONENT:NODE_NAME"
+                )
+            if sep and (comp not in COMPONENTS or not what):
+                raise ValueError(
+                    f"keep_float entry {entry!r}: component must be one of "
+                    f"{', '.join(COMPONENTS)}, followed by a rule or node name"
+                )
+        return v
+
+    def graphs(self) -> list[str]:
+        return [COMPONENTS[c] for c in self.components]

@@ -1,0 +1,68 @@
+"""Step `quantize`: an export folder -> an INT8 export folder (compressor.quant backends)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from compressor.artifact import Artifact
+from compressor.data import image_paths
+from compressor.errors import RecipeError
+from compressor.imageio import read_rgb8
+from compressor.quant import QUANTIZERS, QuantParams
+from compressor.quant import report as qreport
+from compressor.steps import RunContext, StepSpec, register
+
+
+def calibration_images(folder: str, params: QuantParams) -> list[Any]:
+    """The first calibration images, plus the accuracy-check images (the folder's last)."""
+    paths = image_paths(folder)
+    n_eval = params.accuracy.images if params.accuracy else 2
+    chosen = paths[: params.calibration.images]
+    extra = [p for p in paths[-n_eval:] if p not in chosen]
+    return [read_rgb8(p) for p in chosen + extra]
+
+
+def run(params: QuantParams, ctx: RunContext, art: Artifact, out: Path) -> Artifact:
+    folder = str(ctx.recipe.data.calibration)
+    images = calibration_images(folder, params)
+    backend = QUANTIZERS.get(params.backend)
+    report = backend(art.path, out / "onnx", params, images, ctx.recipe.threads or 1)
+    qreport.write(out, report, f"quantize {art.id} ({params.backend}), calibration {folder}")
+    check = report["quick_check"]
+    return Artifact(
+        "",
+        "export",
+        out / "onnx",
+        "quantize",
+        art.id,
+        params.model_dump(mode="json"),
+        summary={
+            "model_id": report["model_id"],
+            "int8_convs": sum(g["int8_convs"] for g in report["graphs"]),
+            "float_convs": sum(len(g["float_convs"]) for g in report["graphs"]),
+            "psnr_drop_db": check["psnr_drop_db"],
+            "bpp_increase": check["bpp_increase"],
+        },
+    )
+
+
+def check(params: QuantParams, recipe: Any) -> None:
+    cal = recipe.data.calibration
+    if cal is None:
+        raise RecipeError(
+            "step quantize needs data.calibration (a folder of images that are not the "
+            "evaluation images)"
+        )
+    image_paths(cal)  # an empty or missing folder is a DataError here, before any work
+    if (
+        str(recipe.data.eval) != "skimage"
+        and Path(cal).resolve() == Path(recipe.data.eval).resolve()
+    ):
+        raise RecipeError(
+            f"data.calibration is the evaluation folder {recipe.data.eval}: calibrate on other "
+            "images, or the validation measures images the quantizer has seen"
+        )
+
+
+SPEC = register(StepSpec("quantize", QuantParams, run, check, accepts=("export",)))
