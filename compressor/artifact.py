@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import compressor
 from compressor.report import write_json
 
 #: kinds: a torch checkpoint file, an exported ONNX folder, or a report only
@@ -24,6 +25,7 @@ PACKAGES = (
     "torch-pruning",
     "neural-compressor-pt",
     "numpy",
+    "constriction",
 )
 
 
@@ -62,7 +64,7 @@ def sha256(path: Path) -> str:
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
+    out = {"python": platform.python_version(), "compressor": compressor.__version__}
     for pkg in PACKAGES:
         try:
             out[pkg] = metadata.version(pkg)

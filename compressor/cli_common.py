@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 from pydantic import BaseModel, ValidationError
 
-from compressor.errors import CompressorError
+from compressor.errors import CompressorError, RecipeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,3 +63,25 @@ def _types(annotation: Any) -> tuple[Any, ...]:
 
 def given(kwargs: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in model.model_fields and v is not None}
+
+
+def parse_pairs(
+    text: str,
+    option: str,
+    form: str,
+    example: str,
+    cast: Callable[[str], Any] = float,
+    names: str = "",
+) -> dict[str, Any]:
+    """'a=1,b=2' -> {'a': cast('1'), 'b': cast('2')}; a RecipeError naming the option if not."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        try:
+            out[key.strip()] = cast(value.strip())
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            hint = f"; names: {names}" if names else ""
+            raise RecipeError(f"{option} {text!r}: expected {form} pairs like {example}{hint}")
+    return out

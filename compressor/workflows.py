@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from compressor import checkpoint
+from compressor.cli_common import parse_pairs
 from compressor.data import load_folder
-from compressor.errors import CheckpointError, RecipeError
+from compressor.errors import CheckpointError
 from compressor.models import MODELS, CodecAdapter
 from compressor.progress import Reporter
 from compressor.train import TrainConfig, TrainResult, train
@@ -15,13 +16,15 @@ from compressor.train import TrainConfig, TrainResult, train
 
 def parse_config(text: str) -> dict[str, int]:
     """'N=64,M=96' -> {'N': 64, 'M': 96}."""
-    config = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not value.strip().isdigit():
-            raise RecipeError(f"--config {text!r}: expected KEY=INT pairs like N=64,M=96")
-        config[key.strip()] = int(value)
-    return config
+    return parse_pairs(
+        text, "--config", "KEY=INT", "N=64,M=96 (positive integers)", cast=_positive_int
+    )
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) == 0:
+        raise ValueError(value)
+    return int(value)
 
 
 def new_model(arch: str, quality: int | None, config_text: str | None) -> CodecAdapter:

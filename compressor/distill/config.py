@@ -88,18 +88,8 @@ class DistillParams(BaseModel):
 
 def parse_losses(text: str) -> dict[str, float]:
     """'distortion=1,output=1,latent=0.1' -> {...} (validated by DistillParams)."""
-    from compressor.errors import RecipeError
+    from compressor.cli_common import parse_pairs
 
-    out: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise RecipeError(
-                f"--losses {text!r}: expected NAME=WEIGHT pairs like distortion=1,output=1; "
-                f"names: {', '.join(LOSS_NAMES)}"
-            )
-    return out
+    return parse_pairs(
+        text, "--losses", "NAME=WEIGHT", "distortion=1,output=1", names=", ".join(LOSS_NAMES)
+    )

@@ -12,7 +12,6 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-import compressor
+from compressor.artifact import versions
 from compressor.errors import CheckpointError, RecipeError
 from compressor.export import rewrites
 from compressor.fsutil import atomic_dir
@@ -34,7 +33,6 @@ MIN_OPSET = 17
 MAX_OPSET = 20  # highest the TorchScript exporter writes (torch.onnx._constants)
 #: export-time parity bound, relative to the largest reference magnitude (at least 1)
 PARITY_TOL = 1e-4
-_VERSIONED = ("torch", "compressai", "onnx", "onnxruntime", "numpy", "constriction")
 
 
 @dataclass
@@ -192,16 +190,6 @@ def export_model(
         manifest.write(tmp)
     log.info("exported %s (%s) to %s, id %s", model.arch, spec.kind, out_dir, manifest.model_id)
     return out_dir
-
-
-def versions() -> dict[str, str]:
-    out = {"compressor": compressor.__version__}
-    for pkg in _VERSIONED:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def _latents(

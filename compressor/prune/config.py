@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from compressor.errors import RecipeError
+from compressor.cli_common import parse_pairs
 
 #: components whose inner channels structured pruning can remove (torch-pruning groups)
 COMPONENTS = ("encoder", "decoder", "hyper_encoder", "hyper_decoder")
@@ -83,16 +83,9 @@ def parse_ratios(text: str) -> dict[str, float]:
         return {"all": float(text)}
     except ValueError:
         pass
-    out: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        try:
-            out[key.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise RecipeError(
-                f"--ratio {text!r}: expected COMPONENT=FLOAT pairs like encoder=0.3,decoder=0.3 "
-                "or one number for every component"
-            ) from None
-    return out
+    return parse_pairs(
+        text,
+        "--ratio",
+        "COMPONENT=FLOAT",
+        "encoder=0.3,decoder=0.3 (or one number for every component)",
+    )
