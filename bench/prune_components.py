@@ -192,6 +192,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--finetune-batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write all numbers as JSON")
+    ap.add_argument(
+        "--keep", type=Path, default=None, help="keep the fine-tuned checkpoints in this folder"
+    )
     return ap.parse_args(argv)
 
 
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.finetune_minutes or args.finetune_steps:
         with tempfile.TemporaryDirectory() as tmp:
-            tuned = finetune_rows(pruned, args, Path(tmp))
+            tuned = finetune_rows(pruned, args, args.keep or Path(tmp))
         codecs = {baseline: TorchCodec(base, baseline)} | {
             n: TorchCodec(m, n) for n, m in tuned.items()
         }
