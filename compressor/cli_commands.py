@@ -283,7 +283,6 @@ def run_recipe(recipe: Path, output: Path | None) -> None:
 
     The whole recipe is checked before any weights load; exit 1 if a validation gate fails."""
     from compressor import pipeline
-    from compressor.errors import GateFailed
     from compressor.rich_ui import RichReporter, table
     from compressor.rich_ui import out as stdout
 
@@ -298,6 +297,14 @@ def run_recipe(recipe: Path, output: Path | None) -> None:
         for a in result.artifacts
     ]
     stdout.print(table(f"run {plan.recipe.name}", ["step", "kind", "headline"], rows))
+    finish_run(result)
+
+
+def finish_run(result: Any) -> None:
+    """The end of every recipe run: where the artifacts are, and exit 1 if a gate failed."""
+    from compressor.errors import GateFailed
+    from compressor.rich_ui import out as stdout
+
     stdout.print(f"artifacts: {result.run_dir}")
     if not result.passed:
         raise GateFailed(f"a validation gate failed; see {result.artifacts[-1].path}/report.md")

@@ -73,9 +73,8 @@ def quantize(recipe: Path, model: str | None, data: str | None, output: Path | N
     """INT8-quantize a model as RECIPE says (ONNX Runtime static PTQ, QDQ), then run the
     recipe's other steps (export before, validate after). Exit 1 if a gate fails."""
     from compressor import pipeline
-    from compressor.errors import GateFailed
+    from compressor.cli_commands import finish_run
     from compressor.rich_ui import RichReporter
-    from compressor.rich_ui import out as stdout
 
     with tempfile.TemporaryDirectory(prefix="recipe.") as tmp:
         path = overridden(recipe, model, data, Path(tmp) / Path(recipe).name)
@@ -83,6 +82,4 @@ def quantize(recipe: Path, model: str | None, data: str | None, output: Path | N
         plan.source = str(recipe)
         result = pipeline.run(plan, RichReporter())
     render(result)
-    stdout.print(f"artifacts: {result.run_dir}")
-    if not result.passed:
-        raise GateFailed(f"a validation gate failed; see {result.artifacts[-1].path}/report.md")
+    finish_run(result)

@@ -54,6 +54,11 @@ class EvalResult:
 
 def measure_image(codec: Codec, name: str, rgb8: np.ndarray) -> dict[str, Any]:
     """One image through the codec: bytes, reconstruction metrics, encode/decode time."""
+    return measure_stream(codec, name, rgb8)[0]
+
+
+def measure_stream(codec: Codec, name: str, rgb8: np.ndarray) -> tuple[dict[str, Any], bytes]:
+    """`measure_image`'s row, and the bitstream it measured (for callers that reuse it)."""
     t0 = time.perf_counter()
     data = codec.encode(rgb8)
     t1 = time.perf_counter()
@@ -74,7 +79,7 @@ def measure_image(codec: Codec, name: str, rgb8: np.ndarray) -> dict[str, Any]:
     estimate = getattr(codec, "estimated_bpp", None)
     if estimate is not None:
         row["estimated_bpp"] = estimate(rgb8)
-    return row
+    return row, data
 
 
 def evaluate(

@@ -20,7 +20,7 @@ from compressor.errors import RecipeError
 from compressor.fsutil import atomic_dir
 from compressor.models import MODELS
 from compressor.progress import NullReporter, Reporter
-from compressor.recipe import BUNDLED, Recipe, load_recipe
+from compressor.recipe import BUNDLED, Recipe, parse_recipe, read_recipe_file
 from compressor.steps import STEPS, RunContext, StepSpec
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,8 @@ def resolve_model(spec: str) -> Path:
 
 def plan(recipe_path: Path, output: Path | None = None) -> Plan:
     """Parse and check a recipe: every field, path and step; loads no weights."""
-    recipe = load_recipe(recipe_path)
+    raw = read_recipe_file(recipe_path)
+    recipe = parse_recipe(raw, str(recipe_path))
     if recipe.arch is not None:
         MODELS.get(recipe.arch)
     model = resolve_model(recipe.model)
@@ -70,9 +71,6 @@ def plan(recipe_path: Path, output: Path | None = None) -> Plan:
         if spec.check is not None:
             spec.check(params, recipe)
     run_dir = Path(output or recipe.output or Path("exported") / recipe.name)
-    import yaml
-
-    raw = yaml.safe_load(Path(recipe_path).read_text())
     return Plan(recipe, str(recipe_path), model, run_dir, steps, raw)
 
 

@@ -82,6 +82,11 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: Path) -> Recipe:
+    return parse_recipe(read_recipe_file(path), str(path))
+
+
+def read_recipe_file(path: Path) -> Any:
+    """The YAML of a recipe file, parsed but not yet validated."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe {path} does not exist")
@@ -91,4 +96,4 @@ def load_recipe(path: Path) -> Recipe:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
         raise RecipeError(f"{path}:{line} is not valid YAML ({getattr(e, 'problem', e)})") from None
-    return parse_recipe(data, str(path))
+    return data

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from compressor.codec import Codec
-from compressor.evaluate import EvalResult, Images, measure_image
+from compressor.evaluate import EvalResult, Images, measure_stream
 from compressor.metrics.latency import interleaved
 from compressor.progress import NullReporter, Reporter
 
@@ -44,15 +44,17 @@ class Validation:
         return all(g["passed"] for g in self.gates)
 
 
-def _time_pair(base: Codec, cand: Codec, rgb8: Any, repeats: int) -> dict[str, float]:
-    """Median encode and decode times of both codecs, calls alternating A B A B."""
-    streams = {"b": base.encode(rgb8), "c": cand.encode(rgb8)}
+def _time_pair(
+    base: Codec, cand: Codec, rgb8: Any, streams: tuple[bytes, bytes], repeats: int
+) -> dict[str, float]:
+    """Median encode and decode times of both codecs, calls alternating A B A B; decode is
+    timed on each codec's own stream of this image."""
     lat = interleaved(
         {
             "b_enc": lambda: base.encode(rgb8),
             "c_enc": lambda: cand.encode(rgb8),
-            "b_dec": lambda: base.decode(streams["b"]),
-            "c_dec": lambda: cand.decode(streams["c"]),
+            "b_dec": lambda: base.decode(streams[0]),
+            "c_dec": lambda: cand.decode(streams[1]),
         },
         repeats=repeats,
         warmup=0,
@@ -124,12 +126,16 @@ def validate(
         EvalResult(baseline.name, threads=threads),
         EvalResult(candidate.name, threads=threads),
     )
-    if images:
-        _time_pair(baseline, candidate, images[0][1], repeats=1)  # warm-up both
+    if images:  # warm-up both
+        first = images[0][1]
+        _time_pair(baseline, candidate, first, (baseline.encode(first), candidate.encode(first)), 1)
     reporter.start("validating", len(images))
     for name, rgb8 in images:
-        rows = [measure_image(codec, name, rgb8) for codec in (baseline, candidate)]
-        times = _time_pair(baseline, candidate, rgb8, repeats)
+        (b_row, b_data), (c_row, c_data) = (
+            measure_stream(codec, name, rgb8) for codec in (baseline, candidate)
+        )
+        rows = [b_row, c_row]
+        times = _time_pair(baseline, candidate, rgb8, (b_data, c_data), repeats)
         rows[0].update(encode_ms=times["b_enc"], decode_ms=times["b_dec"])
         rows[1].update(encode_ms=times["c_enc"], decode_ms=times["c_dec"])
         base.rows.append(rows[0])
