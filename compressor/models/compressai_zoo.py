@@ -12,7 +12,7 @@ from compressai.models import (
     MeanScaleHyperprior,
     ScaleHyperprior,
 )
-from compressai.models.base import CompressionModel
+from compressai.models.base import CompressionModel, get_scale_table
 from compressai.zoo.image import cfgs
 from torch import nn
 
@@ -42,6 +42,18 @@ COMPONENT_ATTRS = {
     "entropy": "entropy_bottleneck",
     "entropy_parameters": "entropy_parameters",
 }
+
+
+#: Scales in the Gaussian conditional's table. CompressAI's default is 64 log-spaced scales
+#: from 0.11 to 256 (13 % apart), and the coder rounds every predicted scale *up* to the next
+#: one. On a model whose scales sit in 0.2..1 that costs 7 % of the latent's bits over the
+#: likelihood estimate (measured: an mbt2018-mean N=64/M=96 on Kodak, real 0.1580 bpp vs
+#: 0.1475 estimated, 0.1578 when the estimate uses the table's scales). 256 levels (3 % apart)
+#: bring that model to 1.2 % over the estimate and save 0.3 % on the bundled model (a barely
+#: trained model that underestimates its scales can lose ~1 %: rounding up happened to help
+#: it). The table is rebuilt by finalize() on every load and travels in the export, so encoder
+#: and decoder always use the same one.
+SCALE_TABLE_LEVELS = 256
 
 
 class ZooAdapter(CodecAdapter):
@@ -143,7 +155,7 @@ class ZooAdapter(CodecAdapter):
         return [p for n, p in self.net.named_parameters() if n.endswith(".quantiles")]
 
     def finalize(self) -> None:
-        self.cnet.update(force=True)
+        self.cnet.update(scale_table=get_scale_table(levels=SCALE_TABLE_LEVELS), force=True)
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         # CompressionModel.load_state_dict resizes the entropy tables' buffers first.

@@ -16,6 +16,7 @@ from compressor.data import Padding, load_images, to_tensor
 from compressor.errors import CheckpointError, RecipeError
 from compressor.export import export_model, parity, spec_of
 from compressor.export import onnx as export_onnx
+from compressor.models.compressai_zoo import SCALE_TABLE_LEVELS
 from compressor.runtime import manifest as mf
 from tests.conftest import BUNDLED, KODAK, need, tiny_model
 
@@ -55,7 +56,7 @@ def test_export_writes_checked_graphs_and_manifest(arch: str, tmp_path: Path) ->
     tables = np.load(folder / "entropy.npz")
     assert tables["eb_cdf"].dtype == np.int32 and tables["eb_medians"].dtype == np.float32
     if arch != "bmshj2018-factorized":
-        assert tables["gc_scale_table"].shape == (64,)
+        assert tables["gc_scale_table"].shape == (SCALE_TABLE_LEVELS,)
         assert manifest["latents"]["z"]["stride"] == 64
     assert manifest["latents"]["y"] == {"channels": 12, "stride": 16}
 
