@@ -6,19 +6,23 @@
               per-tensor) on the *un-rewritten* export: the transposed convolutions stay float
 - int8-ours:  compressor's ort-static backend on the rewritten export (Conv only, per-channel
               weights, U8 activations, pre-processed), encoder + decoder
+- int8-inc:   backend inc-static (Neural Compressor's PT2E calibration in ORT's graph), --inc
+- int8-qat:   backend qat: --qat-minutes M of fake-quantized RD fine-tuning on --train images,
+              then ORT's QDQ graph with the learned ranges (a fine-tuned model underneath)
 - pruned-*:   the same two (FP32, ours) for a structurally pruned checkpoint, with --pruned
 
 All codecs are timed per image in one run, calls interleaved (A B C ... A B C), with the same
 thread count, so machine noise hits all alike; ratios are against ort-fp32. Calibration uses
---calibration images (never Kodak). QAT is not in this version (no row).
+--calibration images, QAT trains on --train images (never Kodak).
 
     uv run python bench/quantize.py --model compressor/assets/bmshj2018-hyperprior-q2.pt \
-        --images 3 --threads 1 --out int8.json
+        --images 3 --threads 1 --qat-minutes 20 --inc --pruned P.pt --out int8.json
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -43,6 +47,9 @@ from compressor.metrics.latency import interleaved  # noqa: E402
 from compressor.metrics.psnr import psnr  # noqa: E402
 from compressor.metrics.ssim import ms_ssim  # noqa: E402
 from compressor.quant import QuantParams, calib  # noqa: E402
+from compressor.quant.inc import run_inc_static  # noqa: E402
+from compressor.quant.qat import run_qat  # noqa: E402
+from compressor.quant.qat_params import QatParams  # noqa: E402
 from compressor.quant.workflow import run_ort_static, write_folder  # noqa: E402
 from compressor.runtime import load_codec  # noqa: E402
 from compressor.runtime import manifest as mf  # noqa: E402
@@ -81,6 +88,19 @@ def build(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], dict[str
     folders = {"ort-fp32": rw, "int8-naive": naive_int8(orig, tmp / "naive", cal)}
     run_ort_static(rw, tmp / "ours", params, cal, args.threads)
     folders["int8-ours"] = tmp / "ours"
+    if args.inc:
+        inc = QuantParams(backend="inc-static")
+        run_inc_static(rw, tmp / "inc", inc, cal, args.threads, checkpoint=Path(args.model))
+        folders["int8-inc"] = tmp / "inc"
+    if args.qat_minutes:
+        qat = QuantParams(backend="qat", qat=QatParams(max_minutes=args.qat_minutes))
+        train_images = [a for _, a in load_images(args.train)]
+        report = run_qat(
+            rw, tmp / "qat", qat, cal, args.threads, checkpoint=Path(args.model),
+            train_images=train_images,
+        )  # fmt: skip
+        log.warning("QAT: %s", {k: v for k, v in report["qat"].items() if k != "history"})
+        folders["int8-qat"] = tmp / "qat"
     if args.pruned:
         pruned = export_model(checkpoint.load(Path(args.pruned)), tmp / "pruned-fp32")
         run_ort_static(pruned, tmp / "pruned-ours", params, cal, args.threads)
@@ -94,9 +114,9 @@ def build(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], dict[str
 
 def measure(codecs: dict[str, Any], rgb8: np.ndarray, repeats: int, threads: int) -> dict:
     streams = {n: c.encode(rgb8) for n, c in codecs.items()}
-    enc = interleaved({n: (lambda c=c: c.encode(rgb8)) for n, c in codecs.items()}, repeats, 1)
+    enc = interleaved({n: functools.partial(c.encode, rgb8) for n, c in codecs.items()}, repeats, 1)
     dec = interleaved(
-        {n: (lambda c=c, n=n: c.decode(streams[n])) for n, c in codecs.items()}, repeats, 1
+        {n: functools.partial(c.decode, streams[n]) for n, c in codecs.items()}, repeats, 1
     )
     pixels = rgb8.shape[0] * rgb8.shape[1]
     rows = {}
@@ -152,6 +172,9 @@ def main() -> None:
         "--calibration", default=str(REPO.parent / "shared" / "data" / "wikipedia-photos")
     )
     ap.add_argument("--cal-images", type=int, default=16)
+    ap.add_argument("--train", default=str(REPO.parent / "shared" / "data" / "wikipedia-photos"))
+    ap.add_argument("--qat-minutes", type=float, default=None, help="add the QAT row")
+    ap.add_argument("--inc", action="store_true", help="add the inc-static row")
     ap.add_argument("--images", type=int, default=24, help="how many Kodak images (sorted)")
     ap.add_argument("--threads", type=int, default=1, help="torch and ORT threads (equal)")
     ap.add_argument("--repeats", type=int, default=3)

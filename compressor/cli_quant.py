@@ -49,11 +49,25 @@ def render(run: Any) -> None:
             rows = qreport.trial_rows(report)
             out.print(table("accuracy-aware search", qreport.TRIAL_COLUMNS, rows))
         check = report["quick_check"]
+        if report.get("qat"):
+            out.print(qat_line(report["qat"], check))
+        if report.get("inc"):
+            n = len(report["inc"]["inputs"])
+            out.print(f"Neural Compressor ({report['inc']['observer']}) set {n} conv input scales")
         out.print(
             f"quick check vs float ({check['images']} images): PSNR drop "
             f"{check['psnr_drop_db']:.3f} dB, bpp {100 * check['bpp_increase']:+.2f}%; "
             f"model id {read_manifest(art.path)['model_id'][:16]}; export {art.path}"
         )
+
+
+def qat_line(qat: dict[str, Any], check: dict[str, Any]) -> str:
+    ptq = qat["ptq_check"]
+    return (
+        f"QAT: {qat['steps']} steps in {qat['minutes']} min ({qat['stopped']}), held-out RD loss "
+        f"{qat['rd_loss_before']:.4f} -> {qat['rd_loss_after']:.4f}; PSNR drop vs float: PTQ "
+        f"{ptq['psnr_drop_db']:.3f} dB, QAT {check['psnr_drop_db']:.3f} dB"
+    )
 
 
 @main.command()
@@ -70,8 +84,10 @@ def render(run: Any) -> None:
 )
 @handle_errors
 def quantize(recipe: Path, model: str | None, data: str | None, output: Path | None) -> None:
-    """INT8-quantize a model as RECIPE says (ONNX Runtime static PTQ, QDQ), then run the
-    recipe's other steps (export before, validate after). Exit 1 if a gate fails."""
+    """INT8-quantize a model as RECIPE says (backend ort-static: ONNX Runtime static PTQ;
+    inc-static: Neural Compressor's calibration; qat: quantization-aware fine-tuning; all
+    written as ORT QDQ graphs), then run the recipe's other steps (export before, validate
+    after). Exit 1 if a gate fails."""
     from compressor import pipeline
     from compressor.cli_commands import finish_run
     from compressor.rich_ui import RichReporter

@@ -69,8 +69,9 @@ def calibration_inputs(
 class ListReader(CalibrationDataReader):
     """ONNX Runtime's calibration reader over arrays already in memory."""
 
-    def __init__(self, arrays: list[np.ndarray], input_name: str = "input") -> None:
-        self._items = iter([{input_name: a} for a in arrays])
+    def __init__(self, arrays: list[Any], input_name: str = "input") -> None:
+        # an item is one input array, or a {name: array} feed of a multi-input graph (rnn)
+        self._items = iter([a if isinstance(a, dict) else {input_name: a} for a in arrays])
         self._len = len(arrays)
 
     def get_next(self) -> dict[str, np.ndarray] | None:

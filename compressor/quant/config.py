@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from compressor.quant.qat_params import QatParams
 
 #: recipe component name -> the graph of an export folder it names
 COMPONENTS = {
@@ -12,6 +14,7 @@ COMPONENTS = {
     "decoder": "g_s",
     "hyper_encoder": "h_a",
     "hyper_decoder": "h_s",
+    "generator": "g_s",  # hific's decoder
 }
 #: keep-in-float rules, applied to every quantized component
 RULES = {
@@ -20,7 +23,9 @@ RULES = {
     "gdn": "the 1x1 convolutions inside (I)GDN, whose input is x*x (a squared dynamic range)",
 }
 #: backends this version implements (compressor.quant.QUANTIZERS holds the same names)
-BACKENDS = ("ort-static",)
+BACKENDS = ("ort-static", "inc-static", "qat")
+#: backends that work on the torch model the export was made from (compressor.quant.torch_src)
+TORCH_BACKENDS = ("inc-static", "qat")
 
 
 class Calibration(BaseModel):
@@ -76,6 +81,7 @@ class QuantParams(BaseModel):
     preprocess: bool = Field(True, description="ONNX Runtime's quant_pre_process first")
     sensitivity: bool = Field(False, description="write the per-layer sensitivity table")
     accuracy: Accuracy | None = None
+    qat: QatParams | None = Field(None, description="backend qat: budget and ranges")
 
     @field_validator("backend")
     @classmethod
@@ -111,6 +117,21 @@ class QuantParams(BaseModel):
                     f"{', '.join(COMPONENTS)}, followed by a rule or node name"
                 )
         return v
+
+    @model_validator(mode="after")
+    def _backend_options(self) -> QuantParams:
+        if self.qat is not None and self.backend != "qat":
+            raise ValueError(f"qat: is an option of backend qat, not of {self.backend}")
+        if self.backend in TORCH_BACKENDS and (self.sensitivity or self.accuracy is not None):
+            raise ValueError(
+                f"sensitivity and accuracy are searches of backend ort-static; backend "
+                f"{self.backend} does not run them"
+            )
+        if self.backend == "inc-static" and self.calibration.method == "percentile":
+            raise ValueError(
+                "backend inc-static calibrates with minmax or entropy (INC's kl); got percentile"
+            )
+        return self
 
     def graphs(self) -> list[str]:
         return [COMPONENTS[c] for c in self.components]

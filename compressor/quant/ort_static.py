@@ -15,8 +15,10 @@ quantization for CNNs, which is what this backend does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ class GraphJob:
 
     name: str  # g_a, g_s, h_a, h_s
     source: Path  # the float graph that is quantized (pre-processed when that worked)
-    inputs: list[np.ndarray]
+    inputs: list[Any]  # input arrays, or {name: array} feeds of a multi-input graph (rnn)
     cache: Path
     keep: set[str] = field(default_factory=set)  # Conv nodes left in float
     preprocess_note: str = "not requested"
@@ -59,7 +61,10 @@ def preprocess(src: Path, dst: Path) -> tuple[Path, str]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        quant_pre_process(str(src), str(dst))
+        # when its symbolic shape inference gives up, ORT dumps sym_shape_infer_temp.onnx and
+        # its external data into the working directory: let it, in a throwaway one
+        with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
+            quant_pre_process(str(src.resolve()), str(dst.resolve()))
         before, after = qg.conv_names(qg.load(src)), qg.conv_names(qg.load(dst))
         if before != after:  # node names are the user's handle for keep_float: keep them
             raise ValueError("it renamed Conv nodes")
@@ -78,10 +83,14 @@ def quantize_graph(
     *,
     keep: set[str] | None = None,
     only: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the QDQ graph of `job` to `dst`: every Conv but `keep` (or just `only`)."""
+    """Write the QDQ graph of `job` to `dst`: every Conv but `keep` (or just `only`).
+
+    `overrides` (ORT's TensorQuantOverrides: tensor -> [{scale, zero_point}]) replaces the
+    calibrated quantization of those tensors (the inc-static and qat backends use it)."""
     cal = params.calibration
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"TensorQuantOverrides": overrides} if overrides else {}
     if cal.method == "percentile":
         extra["CalibPercentile"] = cal.percentile
     quantize_static(

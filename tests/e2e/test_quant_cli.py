@@ -129,3 +129,42 @@ def test_impossible_gate_against_the_float_export_exits_1(tmp_path: Path) -> Non
 def test_validate_baseline_must_be_a_step(exported: Path, tmp_path: Path) -> None:
     path = recipe(tmp_path, exported, {}, after=[{"validate": {"baseline": "distill"}}])
     assert_exit_2(invoke("--recipe", path), "validate baseline 'distill' is not a step")
+
+
+def test_qat_with_zero_budget(exported: Path, tmp_path: Path) -> None:
+    path = recipe(tmp_path, exported, {"backend": "qat", "qat": {"max_minutes": 0}})
+    result = invoke("--recipe", path, "--output", tmp_path / "o")
+    assert_exit_2(result, "steps[0].quantize.qat.max_minutes", "greater than 0")
+    assert not (tmp_path / "o").exists()
+
+
+def test_qat_options_on_another_backend(exported: Path, tmp_path: Path) -> None:
+    path = recipe(tmp_path, exported, {"backend": "ort-static", "qat": {"max_steps": 5}})
+    assert_exit_2(invoke("--recipe", path), "qat: is an option of backend qat")
+
+
+@pytest.mark.parametrize("backend", ["inc-static", "qat"])
+def test_torch_backend_needs_a_checkpoint(exported: Path, tmp_path: Path, backend: str) -> None:
+    path = recipe(tmp_path, exported, {"backend": backend})
+    result = invoke("--recipe", path, "--output", tmp_path / "o")
+    assert_exit_2(result, f"backend {backend} works on the torch model", "is an export")
+    assert not (tmp_path / "o").exists()
+
+
+def test_qat_end_to_end(tmp_path: Path) -> None:
+    from compressor import checkpoint
+
+    ckpt = tmp_path / "tiny.pt"
+    checkpoint.save(tiny_model(), ckpt)
+    qat = {"max_steps": 3, "max_minutes": None, "crop": 64, "val_crop": 64, "batch_size": 2}
+    path = recipe(tmp_path, ckpt, {"backend": "qat", "qat": {**qat, "eval_every": 1}})
+    raw = yaml.safe_load(path.read_text())
+    raw["steps"].insert(0, {"export": {}})
+    path.write_text(yaml.safe_dump(raw))
+    result = invoke("--recipe", path, "--output", tmp_path / "run")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "run" / "02_quantize" / "report.json").read_text())
+    assert report["backend"] == "qat" and report["qat"]["steps"] == 3
+    assert report["qat"]["train_images"] == 2  # no data.train: the calibration folder
+    assert {g["graph"]: g["float_convs"] for g in report["graphs"]} == {"g_a": [], "g_s": []}
+    assert "QAT: 3 steps" in result.output and "held-out RD loss" in result.output
