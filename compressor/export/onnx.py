@@ -46,6 +46,9 @@ class ExportSpec:
 
 Hook = Callable[[CodecAdapter], ExportSpec]
 EXPORTERS: dict[str, Hook] = {}
+#: families whose graphs are not one tensor in, one out (rnn: recurrent steps with states)
+#: write their whole folder; export_model(model, out_dir, **options) hands over to them
+FOLDER_EXPORTERS: dict[str, Callable[..., Path]] = {}
 
 
 def register_exporter(family: str) -> Callable[[Hook], Hook]:
@@ -154,6 +157,10 @@ def export_model(
     """Write the export folder of `model` (atomically) and return it."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise RecipeError(f"opset {opset} is not supported; allowed: {MIN_OPSET}..{MAX_OPSET}")
+    if model.family in FOLDER_EXPORTERS:
+        return FOLDER_EXPORTERS[model.family](
+            model, out_dir, rewrite=rewrite, opset=opset, overwrite=overwrite
+        )
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise RecipeError(f"export folder {out_dir} exists; choose another or allow overwrite")
