@@ -70,7 +70,8 @@ def rd_loss(lmbda: float) -> LossFn:
         num_pixels = x.size(0) * x.size(2) * x.size(3)
         mse = F.mse_loss(out.x_hat, x)
         bpp = out.bpp(num_pixels)
-        loss = lmbda * 255.0**2 * mse + bpp
+        dist = lmbda * 255.0**2 * mse if model.rd_distortion else 0.0
+        loss = dist + bpp
         if out.extra_loss is not None:
             loss = loss + out.extra_loss
         psnr = -10 * math.log10(max(mse.item(), 1e-10))
@@ -159,6 +160,7 @@ class _Trainer:
             aux.backward()
             self.aux_opt.step()
             logs["aux"] = aux.item()
+        logs.update(self.model.extra_step(batch, self.step))  # e.g. a GAN discriminator
         self.step += 1
         return logs
 

@@ -6,7 +6,13 @@ the folder it writes is loaded by compressor.runtime.load_codec (no torch needed
 
 from __future__ import annotations
 
-from compressor.export import zoo  # noqa: F401  (registers the CompressAI zoo exporter)
+from compressor.export import (
+    autoencoder,  # noqa: F401  (registers the autoencoder exporter)
+    hific,  # noqa: F401  (registers the HiFiC exporter)
+    jpeg,  # noqa: F401  (registers the JPEG exporter)
+    rnn,  # noqa: F401  (registers the rnn step-graph exporter)
+    zoo,  # noqa: F401  (registers the CompressAI zoo exporter)
+)
 from compressor.export.onnx import (
     EXPORTERS,
     ExportSpec,

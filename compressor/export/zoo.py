@@ -59,7 +59,7 @@ def _np(t: torch.Tensor, dtype: type) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype))
 
 
-def _bottleneck_tables(net: Any) -> dict[str, np.ndarray]:
+def bottleneck_tables(net: Any) -> dict[str, np.ndarray]:
     eb = net.entropy_bottleneck
     if eb._offset.numel() == 0:
         raise CheckpointError("the entropy tables are not built; call finalize() before export")
@@ -71,7 +71,7 @@ def _bottleneck_tables(net: Any) -> dict[str, np.ndarray]:
     }
 
 
-def _gaussian_tables(net: Any) -> dict[str, np.ndarray]:
+def gaussian_tables(net: Any) -> dict[str, np.ndarray]:
     gc = net.gaussian_conditional
     if gc._offset.numel() == 0:
         raise CheckpointError("the Gaussian tables are not built; call finalize() before export")
@@ -90,10 +90,10 @@ def compressai_spec(model: CodecAdapter) -> ExportSpec:
         raise _unsupported(model.arch)
     net: Any = model.net  # a CompressAI model: its parts are dynamic attributes
     graphs: dict[str, nn.Module] = {"g_a": net.g_a}
-    tables = _bottleneck_tables(net)
+    tables = bottleneck_tables(net)
     if kind != "factorized":
         graphs["h_a"] = AbsInput(net.h_a) if kind == "scale-hyperprior" else net.h_a
         graphs["h_s"] = net.h_s
-        tables.update(_gaussian_tables(net))
+        tables.update(gaussian_tables(net))
     graphs["g_s"] = ClampOutput(net.g_s)
     return ExportSpec(kind, graphs, tables)

@@ -38,6 +38,12 @@ class CodecAdapter(ABC):
     """A trained codec with a uniform interface. `net` is the underlying nn.Module."""
 
     family: ClassVar[str]
+    #: why this family has nothing for the pruners to remove (None: it has); prune_model
+    #: refuses it with this reason
+    unprunable: ClassVar[str | None] = None
+    #: False when `RDOutput.extra_loss` is the family's whole distortion term (rnn's L1 of the
+    #: residuals): the train loop's rd_loss then adds no MSE term of its own
+    rd_distortion: ClassVar[bool] = True
     #: padding multiple the architecture needs (CompressAI's 6 stride-2 stages -> 64)
     pad_multiple: ClassVar[int] = 64
 
@@ -91,6 +97,19 @@ class CodecAdapter(ABC):
     def aux_parameters(self) -> list[nn.Parameter]:
         """Parameters trained by the aux optimizer only (never by the main one)."""
         return []
+
+    def extra_step(self, x: torch.Tensor, step: int) -> dict[str, float]:
+        """A family's own optimizer step (e.g. a GAN discriminator's), run by the train loop
+        after the main and aux steps of training step `step` (0-based) on the same batch x.
+        Its parameters must not be in `net` (the main optimizer trains all of those).
+        Returns values to log; default: no extra step."""
+        return {}
+
+    def prune_structured(self, params: Any) -> dict[str, Any] | None:
+        """A family's own structured pruning (in place; returns the width report) when
+        torch-pruning's one-step trace cannot see its couplings (rnn's recurrent state,
+        HiFiC's ChannelNorm and latent layers); None: the generic pruner does it."""
+        return None
 
     def finalize(self) -> None:
         """Rebuild derived state (entropy tables) after training or a structural change."""

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from compressor.errors import RecipeError
 from compressor.models import CodecAdapter
 from compressor.prune import structured, unstructured
 from compressor.prune.config import PruneParams, parse_ratios
@@ -38,6 +39,8 @@ def prune_model(
     per-component params / MACs / latency before and after (timed side by side), per-layer
     widths (structured) or sparsity and stored sizes (unstructured)."""
     pruner = PRUNERS.get(params.method)
+    if model.unprunable:
+        raise RecipeError(f"{model.arch} cannot be pruned ({params.method}): {model.unprunable}")
     pruned = copy.deepcopy(model)
     pruned, details = pruner(pruned, params, calibration)
     pruned.eval()

@@ -217,6 +217,9 @@ def prune(
 ) -> tuple[CodecAdapter, dict[str, Any]]:
     """Remove channels of `model` in place; returns it and the per-layer width report."""
     model.eval()
+    own = model.prune_structured(params)  # families whose couplings torch-pruning cannot trace
+    if own is not None:
+        return model, own
     from compressor.metrics.complexity import component_inputs
 
     traces = component_inputs(model, torch.rand(1, 3, TRACE_SIZE, TRACE_SIZE))

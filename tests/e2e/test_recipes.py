@@ -39,6 +39,8 @@ def shrink(recipe: Path, tmp_path: Path, model: Path) -> Path:
             params["calibration"] = {**params.get("calibration", {}), "images": 2, "crop": 64}
             if params.get("accuracy"):
                 params["accuracy"].update(images=1, max_trials=2)
+            if params.get("qat"):
+                params["qat"].update(max_steps=2, crop=64, val_crop=64, batch_size=2, eval_every=1)
         if name == "distill":
             params.setdefault("train", {}).update(
                 max_steps=2, crop=64, val_crop=64, batch_size=2, eval_every=1
@@ -115,3 +117,21 @@ def test_validate_command_exit_codes(tiny_ckpt: Path, tmp_path: Path) -> None:
     bad = CliRunner().invoke(main, [*args, "--min-speedup", "1000"])
     assert bad.exit_code == 1 and "min_speedup" in bad.stderr
     assert (tmp_path / "v" / "report.md").exists()
+
+
+def test_default_recipe_gates_fail_when_impossibly_tight(tiny_ckpt: Path, tmp_path: Path) -> None:
+    """The shipped default recipe's own validate step decides the exit code: made impossibly
+    tight, it fails with exit 1 after running every step."""
+    small = shrink(REPO / "recipes" / "default.yaml", tmp_path, tiny_ckpt)
+    data = yaml.safe_load(small.read_text())
+    (validate,) = [s["validate"] for s in data["steps"] if "validate" in s]
+    validate["gates"]["min_decode_speedup"] = 1000.0
+    small.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(main, ["run", str(small), "--output", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.stderr
+    folders = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert [f.split("_", 1)[1] for f in folders] == [next(iter(s)) for s in data["steps"]]
+    report = json.loads((tmp_path / "run" / folders[-1] / "report.json").read_text())
+    verdicts = {g["gate"]: g["passed"] for g in report["gates"]}
+    assert verdicts["min_decode_speedup"] is False
+    assert set(verdicts) == set(validate["gates"])
