@@ -43,12 +43,6 @@ def shape_map(net: nn.Module) -> ShapeMap:
     return out
 
 
-def width_changes(reference: nn.Module, net: nn.Module) -> ShapeMap:
-    """The entries of `net`'s shape map that differ from `reference` (a fresh build)."""
-    ref = shape_map(reference)
-    return {path: shape for path, shape in shape_map(net).items() if ref.get(path) != shape}
-
-
 def shapes_from_state_dict(net: nn.Module, state_dict: dict[str, torch.Tensor]) -> ShapeMap:
     """Widths the tensors of `state_dict` imply for the resizable modules of `net`."""
     out: ShapeMap = {}

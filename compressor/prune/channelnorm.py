@@ -130,18 +130,4 @@ def prune_hific(model: HificAdapter, params: PruneParams) -> dict[str, Any]:
     with torch.random.fork_rng():  # random importance must not disturb the caller's RNG
         torch.manual_seed(params.seed)
         st.run_steps(model, params, graphs, groups, None)
-    base = {k: v for k, v in model.config.items() if k != "widths"}
-    reference = all_widths(type(model).build(model.arch, base).net)
-    widths = {p: s for p, s in all_widths(model.net).items() if reference.get(p) != s}
-    model.config = {**base, **({"widths": widths} if widths else {})}
-    model.finalize()
-    layers = [
-        {
-            "component": g.component,
-            "layer": g.root,
-            "channels_before": g.channels,
-            "channels_after": g.keep,
-        }
-        for g in groups
-    ]
-    return {"layers": layers, "widths": widths}
+    return st.record_widths(model, groups, all_widths)  # ChannelNorm widths recorded too

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from torch import nn
 
 from compressor.errors import RecipeError
 from compressor.models import CodecAdapter
-from compressor.models.resize import CONV_TYPES, width_changes
+from compressor.models.resize import CONV_TYPES, ShapeMap, shape_map
 from compressor.prune import latent
 from compressor.prune.config import COMPONENTS, LATENTS, PruneParams
 from compressor.prune.gdn import GDNPruner
@@ -228,9 +228,17 @@ def prune(
     with torch.random.fork_rng():  # random importance must not disturb the caller's RNG
         torch.manual_seed(params.seed)
         run_steps(model, params, graphs, groups, batch)
+    return model, record_widths(model, groups)
+
+
+def record_widths(
+    model: CodecAdapter, groups: list[Any], widths_of: Callable[[nn.Module], ShapeMap] = shape_map
+) -> dict[str, Any]:
+    """Store the widths that differ from a fresh build in the config (so the checkpoint
+    reloads into the identical model), rebuild the entropy tables, report per layer."""
     base = {k: v for k, v in model.config.items() if k != "widths"}
-    reference = type(model).build(model.arch, base).net
-    widths = width_changes(reference, model.net)
+    reference = widths_of(type(model).build(model.arch, base).net)
+    widths = {p: s for p, s in widths_of(model.net).items() if reference.get(p) != s}
     model.config = {**base, **({"widths": widths} if widths else {})}
     model.finalize()
     layers = [
@@ -242,4 +250,4 @@ def prune(
         }
         for g in groups
     ]
-    return model, {"layers": layers, "widths": widths}
+    return {"layers": layers, "widths": widths}
