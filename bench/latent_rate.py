@@ -13,21 +13,21 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compressor import checkpoint
-from compressor.data import load_images, to_tensor
-from compressor.models import CodecAdapter
+from compressor.codec import TorchCodec
+from compressor.data import load_images
 from compressor.prune import PruneParams, prune_model
 
 
-def rates(model: CodecAdapter, x: torch.Tensor) -> tuple[float, float]:
-    """(real bpp, estimated bpp) of one padded image."""
-    pixels = x.size(2) * x.size(3)
-    with torch.no_grad():
-        return len(model.compress(x)) * 8 / pixels, float(model.forward_rd(x).bpp(pixels))
+def rates(codec: TorchCodec, rgb8: np.ndarray) -> tuple[float, float]:
+    """(real bpp of the stream `encode` writes, bpp the likelihoods estimate) of one image."""
+    h, w = rgb8.shape[:2]
+    return len(codec.encode(rgb8)) * 8 / (h * w), codec.estimated_bpp(rgb8)
 
 
 def main() -> None:
@@ -44,10 +44,9 @@ def main() -> None:
     pruned, _ = prune_model(model, params)
     print("| image | real bpp | est bpp | real/est | pruned real | pruned est | real/est |")
     print("|---|---|---|---|---|---|---|")
+    codecs = TorchCodec(model), TorchCodec(pruned)
     for name, img in load_images(args.images)[: args.count]:
-        x = to_tensor(img)
-        x = x[..., : x.size(2) // 64 * 64, : x.size(3) // 64 * 64]  # zoo archs need multiples of 64
-        (r0, e0), (r1, e1) = rates(model, x), rates(pruned, x)
+        (r0, e0), (r1, e1) = (rates(codec, img) for codec in codecs)
         cells = [f"{v:.4f}" for v in (r0, e0, r0 / e0, r1, e1, r1 / e1)]
         print(f"| {name} | {' | '.join(cells)} |")
 
