@@ -9,8 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from compressor.cli_common import parse_pairs
 
 #: components whose inner channels structured pruning can remove (torch-pruning groups)
-COMPONENTS: tuple[str, ...] = ("encoder", "decoder", "hyper_encoder", "hyper_decoder")
-COMPONENTS += ("generator", "probability_model")  # hific (compressor.models.hific)
+#: (generator, probability_model: HiFiC's names for its decoder and hyperprior)
+COMPONENTS = (
+    "encoder",
+    "decoder",
+    "hyper_encoder",
+    "hyper_decoder",
+    "generator",
+    "probability_model",
+)
 #: channel sets shared across components and the entropy models (compressor.prune.latent)
 LATENTS = ("latent", "hyper_latent")
 #: "all": structured, every component the model has (not the latents); unstructured, every
