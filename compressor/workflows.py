@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor import checkpoint
-from compressor.cli_common import parse_pairs
+from compressor.options import parse_pairs
 from compressor.data import load_folder
 from compressor.errors import CheckpointError
 from compressor.models import MODELS, CodecAdapter

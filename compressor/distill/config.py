@@ -88,7 +88,7 @@ class DistillParams(BaseModel):
 
 def parse_losses(text: str) -> dict[str, float]:
     """'distortion=1,output=1,latent=0.1' -> {...} (validated by DistillParams)."""
-    from compressor.cli_common import parse_pairs
+    from compressor.options import parse_pairs
 
     return parse_pairs(
         text, "--losses", "NAME=WEIGHT", "distortion=1,output=1", names=", ".join(LOSS_NAMES)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from compressor.cli_common import parse_pairs
+from compressor.options import parse_pairs
 
 #: components whose inner channels structured pruning can remove (torch-pruning groups)
 #: (generator, probability_model: HiFiC's names for its decoder and hyperprior)

@@ -1,6 +1,6 @@
 """`encode` / `decode` commands, torch-free: `python -m compressor.runtime encode ...`.
 
-The same command objects are registered on the main CLI (compressor.cli_deploy), so
+The same command objects are registered on the main CLI (compressor.cli.deploy), so
 `cli.py encode` and `cli.py decode` behave identically; this module exists so a deployment
 with only onnxruntime, numpy, constriction, pillow, click and pydantic can run them.
 """
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from compressor.cli_common import handle_errors
+from compressor.cli.common import handle_errors
 from compressor.errors import BitstreamError, CheckpointError
 from compressor.fsutil import write_bytes
 

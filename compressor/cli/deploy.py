@@ -1,4 +1,5 @@
-"""Deployment commands: `export` (torch side) and `encode` / `decode` (the torch-free runtime)."""
+"""`cli.py export` (torch side); `encode` / `decode` are the torch-free runtime's own commands
+(compressor.runtime.cli), registered on the main CLI by name."""
 
 from __future__ import annotations
 
@@ -6,15 +7,11 @@ from pathlib import Path
 
 import click
 
-from compressor.cli import handle_errors, main
+from compressor.cli.common import handle_errors
 from compressor.errors import RecipeError
-from compressor.runtime.cli import decode, encode
-
-main.add_command(encode)
-main.add_command(decode)
 
 
-@main.command()
+@click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Export folder to write."

@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from compressor.cli import given, handle_errors, main, options_from
+from compressor.cli.common import given, handle_errors, options_from
 from compressor.train import TrainConfig
 from compressor.validate import Gates
 
 
-@main.command()
+@click.command()
 @click.option("--arch", required=True, help="Model arch (see `cli.py models`).")
 @click.option("--quality", type=int, default=None, help="Quality level: widths and lambda.")
 @click.option("--config", "config_text", default=None, help="Widths, e.g. N=64,M=96.")
@@ -112,7 +112,7 @@ def _print_eval(result: Any, title: str) -> None:
     )
 
 
-@main.command()
+@click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
     "--data",
@@ -157,7 +157,7 @@ def evaluate(
     stdout.print(f"report: {folder}/report.md")
 
 
-@main.command()
+@click.command()
 @click.option(
     "--baseline",
     required=True,
@@ -269,7 +269,7 @@ def _print_validation(result: Any, out: Path) -> None:
         raise GateFailed(f"validation failed: {', '.join(failed)}")
 
 
-@main.command("run")
+@click.command("run")
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option(
     "--output",
@@ -327,7 +327,7 @@ def _short(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-@main.command("models")
+@click.command("models")
 def list_models() -> None:
     """List the registered model archs and their quality levels."""
     from compressor.models import MODELS

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from compressor.cli import given, handle_errors, main, options_from
+from compressor.cli.common import given, handle_errors, options_from
 from compressor.train import TrainConfig
 
 
@@ -72,7 +72,7 @@ def render(report: dict[str, Any], out: Path) -> None:
     )
 
 
-@main.command()
+@click.command()
 @click.option(
     "--teacher", required=True, type=click.Path(path_type=Path), help="Trained model checkpoint."
 )

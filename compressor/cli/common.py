@@ -6,6 +6,7 @@ Nothing here may import torch: `python -m compressor.runtime` uses it on deploy 
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
 import typing
 from collections.abc import Callable
@@ -14,9 +15,13 @@ from typing import Any, TypeVar
 import click
 from pydantic import BaseModel, ValidationError
 
-from compressor.errors import CompressorError, RecipeError
+from compressor.errors import CompressorError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+#: the documented exit codes (README): a script can tell each outcome apart
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def handle_errors(fn: F) -> F:
@@ -26,6 +31,10 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            # click would report Ctrl-C as exit 1, the code of a failed gate
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except CompressorError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
@@ -33,7 +42,7 @@ def handle_errors(fn: F) -> F:
             first = e.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             click.echo(f"error: option {where}: {first['msg']}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_BAD_INPUT)
 
     return wrapper  # type: ignore[return-value]
 
@@ -65,23 +74,34 @@ def given(kwargs: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in model.model_fields and v is not None}
 
 
-def parse_pairs(
-    text: str,
-    option: str,
-    form: str,
-    example: str,
-    cast: Callable[[str], Any] = float,
-    names: str = "",
-) -> dict[str, Any]:
-    """'a=1,b=2' -> {'a': cast('1'), 'b': cast('2')}; a RecipeError naming the option if not."""
-    out: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
+class LazyGroup(click.Group):
+    """A click group whose commands are imported only when run (or listed by --help).
+
+    `lazy` maps a command name to "module:attribute". The deploy commands (`encode`, `decode`)
+    live in torch-free modules, so `cli.py encode` starts as fast as the runtime alone; the
+    torch commands pay for torch only when they run. Ctrl-C anywhere, imports included,
+    exits 130.
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module, _, attr = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attr)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+            return command
+        return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            out[key.strip()] = cast(value.strip())
-        except ValueError:
-            sep = ""
-        if not sep or not key.strip():
-            hint = f"; names: {names}" if names else ""
-            raise RecipeError(f"{option} {text!r}: expected {form} pairs like {example}{hint}")
-    return out
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from compressor.cli import handle_errors, main
+from compressor.cli.common import handle_errors
 
 
 def overridden(recipe: Path, model: str | None, data: str | None, dst: Path) -> Path:
@@ -70,7 +70,7 @@ def qat_line(qat: dict[str, Any], check: dict[str, Any]) -> str:
     )
 
 
-@main.command()
+@click.command()
 @click.option(
     "--recipe", required=True, type=click.Path(path_type=Path), help="Recipe with a quantize step."
 )
@@ -89,7 +89,7 @@ def quantize(recipe: Path, model: str | None, data: str | None, output: Path | N
     written as ORT QDQ graphs), then run the recipe's other steps (export before, validate
     after). Exit 1 if a gate fails."""
     from compressor import pipeline
-    from compressor.cli_commands import finish_run
+    from compressor.cli.commands import finish_run
     from compressor.rich_ui import RichReporter
 
     with tempfile.TemporaryDirectory(prefix="recipe.") as tmp:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from compressor.cli import handle_errors, main
+from compressor.cli.common import handle_errors
 from compressor.errors import RecipeError
 
 
@@ -85,7 +85,7 @@ def render(report: dict[str, Any], quality: dict[str, Any] | None) -> None:
         )
 
 
-@main.command()
+@click.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=Path))
 @click.option("--arch", default=None, help="Model arch, when the checkpoint does not say.")
 @click.option(
