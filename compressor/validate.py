@@ -1,5 +1,6 @@
-"""Validate a candidate against its baseline: same images, same process, interleaved latency,
-then pass/fail gates. The report is always written; the caller sets the exit code."""
+"""Validate a candidate against its baseline: compressor.compare of the two (same images,
+same process, interleaved latency), then pass/fail gates. The report is always written; the
+caller sets the exit code."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from compressor.codec import Codec
-from compressor.evaluate import EvalResult, Images, measure_stream
-from compressor.metrics.latency import interleaved
-from compressor.progress import NullReporter, Reporter
+from compressor.compare import EvalResult, Images, compare
+from compressor.progress import Reporter
 
 
 class Gates(BaseModel):
@@ -42,24 +42,6 @@ class Validation:
     @property
     def passed(self) -> bool:
         return all(g["passed"] for g in self.gates)
-
-
-def _time_pair(
-    base: Codec, cand: Codec, rgb8: Any, streams: tuple[bytes, bytes], repeats: int
-) -> dict[str, float]:
-    """Median encode and decode times of both codecs, calls alternating A B A B; decode is
-    timed on each codec's own stream of this image."""
-    lat = interleaved(
-        {
-            "b_enc": lambda: base.encode(rgb8),
-            "c_enc": lambda: cand.encode(rgb8),
-            "b_dec": lambda: base.decode(streams[0]),
-            "c_dec": lambda: cand.decode(streams[1]),
-        },
-        repeats=repeats,
-        warmup=0,
-    )
-    return {k: v.median_ms for k, v in lat.items()}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -121,26 +103,17 @@ def validate(
     threads: int | None = None,
     reporter: Reporter | None = None,
 ) -> Validation:
-    reporter = reporter or NullReporter()
-    base, cand = (
-        EvalResult(baseline.name, threads=threads),
-        EvalResult(candidate.name, threads=threads),
+    """compare() of the two (labelled baseline and candidate, whatever their names), then
+    the deltas and the gates."""
+    both = compare(
+        {"baseline": baseline, "candidate": candidate},
+        images,
+        repeats,
+        threads=threads,
+        reporter=reporter,
+        description="validating",
     )
-    if images:  # warm-up both
-        first = images[0][1]
-        _time_pair(baseline, candidate, first, (baseline.encode(first), candidate.encode(first)), 1)
-    reporter.start("validating", len(images))
-    for name, rgb8 in images:
-        (b_row, b_data), (c_row, c_data) = (
-            measure_stream(codec, name, rgb8) for codec in (baseline, candidate)
-        )
-        rows = [b_row, c_row]
-        times = _time_pair(baseline, candidate, rgb8, (b_data, c_data), repeats)
-        rows[0].update(encode_ms=times["b_enc"], decode_ms=times["b_dec"])
-        rows[1].update(encode_ms=times["c_enc"], decode_ms=times["c_dec"])
-        base.rows.append(rows[0])
-        cand.rows.append(rows[1])
-        reporter.advance(1)
-    reporter.finish()
+    base, cand = both["baseline"], both["candidate"]
+    base.codec, cand.codec = baseline.name, candidate.name
     deltas = compute_deltas(base, cand)
     return Validation(base, cand, deltas, apply_gates(gates, deltas))

@@ -1,14 +1,18 @@
 """Latency: warm-up, then repeated timings; several callables interleaved (A B A B ...) so a
-noisy machine slows all of them alike and their ratio holds."""
+noisy machine slows all of them alike and their ratio holds. (Codecs on images are compared
+by compressor.compare, which rotates the order of each round with `rotation`.)"""
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,13 @@ def summarize(samples_s: list[float], threads: int | None = None) -> Latency:
     ms = sorted(s * 1000.0 for s in samples_s)
     p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
     return Latency(statistics.median(ms), p95, len(ms), threads or torch.get_num_threads())
+
+
+def rotation(items: Sequence[T], turn: int) -> list[T]:
+    """The order of round `turn` of an interleaved run: `items` starting at turn mod len, so
+    over len(items) rounds every item runs first once."""
+    k = turn % len(items) if items else 0
+    return [*items[k:], *items[:k]]
 
 
 def interleaved(
