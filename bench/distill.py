@@ -4,9 +4,9 @@ The student (same arch, widths x --width) is distilled from the teacher for --mi
 (compressor.distill: teacher-initialised, distortion + output + latent + rate losses), and an
 identical student (same config) is trained from random weights with the plain RD loss for
 the same wall-clock budget, both through the one train loop. All three are then measured on
-Kodak with real bitstreams, image by image in turn (teacher, distilled, scratch per image),
-so the encode/decode latency ratios are measured side by side in one run: PSNR, MS-SSIM,
-bpp, encode/decode ms, and MACs of every component.
+Kodak with real bitstreams by compressor.compare (teacher, distilled, scratch per image, the
+order rotating), so the encode/decode latency ratios are measured side by side in one run:
+PSNR, MS-SSIM, bpp, encode/decode ms, and MACs of every component.
 
     uv run python bench/distill.py --teacher compressor/assets/bmshj2018-hyperprior-q2.pt \
         --kodak ../shared/data/kodak --data ../shared/data/wikipedia-photos --minutes 30 \
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,12 @@ sys.path.insert(0, str(REPO))
 
 from compressor import checkpoint  # noqa: E402
 from compressor.codec import TorchCodec  # noqa: E402
+from compressor.compare import compare  # noqa: E402
 from compressor.data import load_folder, load_images  # noqa: E402
 from compressor.distill import DistillParams, distill, parse_losses  # noqa: E402
 from compressor.distill.rd_kd import MACS_SIZE, complexity, train_config  # noqa: E402
-from compressor.evaluate import measure_image  # noqa: E402
 from compressor.models import MODELS, CodecAdapter  # noqa: E402
+from compressor.threads import resolve_threads  # noqa: E402
 from compressor.train import TrainConfig, rd_loss, train  # noqa: E402
 
 KEYS = ("psnr", "ms_ssim", "bpp", "encode_ms", "decode_ms")
@@ -64,18 +64,14 @@ def train_scratch(
     return scratch.eval(), {"steps": result.steps, "stopped": result.stopped}
 
 
-def measure(models: dict[str, CodecAdapter], kodak: list, threads: int) -> dict[str, Any]:
-    """Every image through every model in turn (A B C per image): latency side by side."""
+def measure(models: dict[str, CodecAdapter], kodak: list) -> dict[str, Any]:
+    """compressor.compare of the models (one timed round per image, the order rotating):
+    the means of KEYS, and encode / decode ratios and the PSNR delta against the teacher."""
     codecs = {name: TorchCodec(m, name) for name, m in models.items()}
-    for codec in codecs.values():  # warm-up
-        codec.decode(codec.encode(kodak[0][1]))
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in codecs}
-    for image, rgb8 in kodak:
-        for name, codec in codecs.items():
-            rows[name].append(measure_image(codec, image, rgb8))
-    out: dict[str, Any] = {}
-    for name, r in rows.items():
-        out[name] = {k: statistics.fmean(x[k] for x in r if x[k] is not None) for k in KEYS}
+    result = compare(codecs, kodak, 1, estimate=False)
+    out: dict[str, Any] = {
+        name: {k: res.mean(k) for k in KEYS} for name, res in result.results.items()
+    }
     base = out["teacher"]
     for row in out.values():
         row["encode_ratio"] = row["encode_ms"] / base["encode_ms"]
@@ -119,7 +115,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "exported" / "bench-distill")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(resolve_threads(args.threads, "--threads"))
     args.out.mkdir(parents=True, exist_ok=True)
 
     teacher = checkpoint.load(args.teacher)
@@ -139,7 +135,7 @@ def main() -> None:
             teacher, distilled.student, images, cfg, args.out / "scratch.pt"
         )
     kodak = load_images(args.kodak)[: args.images]
-    results = measure(models, kodak, args.threads)
+    results = measure(models, kodak)
     macs = complexity(teacher, distilled.student)
     print_table(results, macs, args.threads)
     report = {

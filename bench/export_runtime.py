@@ -1,9 +1,9 @@
 """Torch FP32 vs ONNX Runtime FP32 (original graphs) vs ORT FP32 (rewritten graphs).
 
 Encode and decode latency of the whole codec (graphs + entropy coding) per Kodak image, the
-three measured side by side in one run: per image and direction the three callables are
-interleaved (torch, ort, ort-rw, torch, ...) with the same thread count, so a noisy machine
-slows all alike and the ratios hold. Bytes and PSNR are reported too (they must agree).
+three measured side by side in one run by compressor.compare (per image, rounds of torch,
+ort, ort-rw in rotating order, the same thread count), so a noisy machine slows all alike
+and the ratios hold. Bytes and PSNR are reported too (they must agree).
 
     uv run python bench/export_runtime.py --model compressor/assets/bmshj2018-hyperprior-q2.pt
     uv run python bench/export_runtime.py --model random:128,192 --images 2   # timing only
@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,15 +25,15 @@ sys.path.insert(0, str(REPO))
 
 from compressor import checkpoint  # noqa: E402
 from compressor.codec import TorchCodec  # noqa: E402
+from compressor.compare import Comparison, compare  # noqa: E402
 from compressor.data import load_images  # noqa: E402
 from compressor.export import export_model  # noqa: E402
-from compressor.metrics.latency import interleaved  # noqa: E402
-from compressor.metrics.psnr import psnr  # noqa: E402
 from compressor.models import MODELS, CodecAdapter  # noqa: E402
 from compressor.runtime import load_codec  # noqa: E402
+from compressor.threads import resolve_threads  # noqa: E402
 
-log = logging.getLogger("bench.export_runtime")
 NAMES = ("torch", "ort", "ort-rw")
+KEYS = ("encode_ms", "decode_ms", "bpp", "psnr")
 
 
 def build_model(spec: str, arch: str) -> CodecAdapter:
@@ -50,40 +47,13 @@ def build_model(spec: str, arch: str) -> CodecAdapter:
     return checkpoint.load(Path(spec))
 
 
-def measure(codecs: dict[str, Any], rgb8: np.ndarray, repeats: int, threads: int) -> dict:
-    streams = {name: c.encode(rgb8) for name, c in codecs.items()}
-    enc = interleaved(
-        {n: (lambda c=c: c.encode(rgb8)) for n, c in codecs.items()}, repeats, 1, threads
-    )
-    dec = interleaved(
-        {n: (lambda c=c, n=n: c.decode(streams[n])) for n, c in codecs.items()},
-        repeats,
-        1,
-        threads,
-    )
-    pixels = rgb8.shape[0] * rgb8.shape[1]
-    return {
-        name: {
-            "encode_ms": enc[name].median_ms,
-            "decode_ms": dec[name].median_ms,
-            "bpp": len(streams[name]) * 8 / pixels,
-            "psnr": psnr(rgb8, codecs[name].decode(streams[name])),
-        }
-        for name in codecs
-    }
-
-
-def geomean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
-def render(rows: dict[str, dict]) -> str:
+def render(result: Comparison) -> str:
     head = (
         f"{'image':<14}{'enc torch':>10}{'ort':>8}{'ort-rw':>8}{'ort/t':>7}{'rw/t':>7}"
         f"{'dec torch':>11}{'ort':>8}{'ort-rw':>8}{'ort/t':>7}{'rw/t':>7}{'bpp t/rw':>16}"
     )
     lines = [head]
-    for image, r in rows.items():
+    for image, r in result.by_image(KEYS).items():
         t, o, w = (r[n] for n in NAMES)
         lines.append(
             f"{image:<14}{t['encode_ms']:>10.1f}{o['encode_ms']:>8.1f}{w['encode_ms']:>8.1f}"
@@ -94,7 +64,7 @@ def render(rows: dict[str, dict]) -> str:
         )
     for kind in ("encode_ms", "decode_ms"):
         ratios = {
-            f"{a}/{b}": geomean([r[a][kind] / r[b][kind] for r in rows.values()])
+            f"{a}/{b}": result.geomean_ratio(kind, a, b)
             for a, b in (("ort", "torch"), ("ort-rw", "torch"), ("ort-rw", "ort"))
         }
         lines.append(
@@ -114,7 +84,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(resolve_threads(args.threads, "--threads"))
     model = build_model(args.model, args.arch)
     images = load_images(args.kodak)[: args.images]
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,15 +97,13 @@ def main() -> None:
                 export_model(model, Path(tmp) / "rw", rewrite=True), threads=args.threads
             ),
         }
-        rows = {}
-        for name, rgb8 in images:
-            rows[name] = measure(codecs, rgb8, args.repeats, args.threads)
-            log.info("%s: %s", name, {k: round(v["decode_ms"], 1) for k, v in rows[name].items()})
+        result = compare(codecs, images, args.repeats, estimate=False, threads=args.threads)
+    rows = result.by_image(KEYS)
     print(
         f"model {args.model}, {len(rows)} images, {args.threads} thread(s), "
         f"medians of {args.repeats}"
     )
-    print(render(rows))
+    print(render(result))
     if args.out:
         args.out.write_text(
             json.dumps({"model": args.model, "threads": args.threads, "rows": rows}, indent=2)

@@ -3,7 +3,8 @@
 Rows: encoder / decoder / hyper (hyper_encoder + hyper_decoder) ratios in {0, 0.3}, all
 combinations (the all-zero row is the baseline), plus 0.5 on encoder + decoder. Columns: total
 encode + decode time over the images, its ratio to the baseline (all rows timed in one run,
-interleaved image by image: baseline, row 1, row 2, ..., so machine noise hits all alike),
+by compressor.compare: per image, rounds of baseline, row 1, row 2, ... in rotating order,
+so machine noise hits all alike),
 PSNR, SSIM, MS-SSIM, bpp and the average compressed size in bytes (real bitstreams). With
 --finetune-minutes > 0 every pruned row is fine-tuned with that budget (the train loop) and
 measured again.
@@ -18,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from compressor import checkpoint  # noqa: E402
-from compressor.codec import TorchCodec  # noqa: E402
+from compressor.codec import Codec, TorchCodec  # noqa: E402
+from compressor.compare import compare  # noqa: E402
 from compressor.data import load_folder, load_images  # noqa: E402
-from compressor.metrics import METRICS, bpp_from_bytes  # noqa: E402
 from compressor.models import MODELS, CodecAdapter  # noqa: E402
 from compressor.prune import PruneParams, prune_model  # noqa: E402
 from compressor.prune.finetune import finetune, finetune_config  # noqa: E402
+from compressor.threads import resolve_threads  # noqa: E402
 
 log = logging.getLogger("bench.prune_components")
 RATIOS = [(e, d, h) for e in (0.0, 0.3) for d in (0.0, 0.3) for h in (0.0, 0.3)]
@@ -65,46 +65,17 @@ def load_model(spec: str) -> CodecAdapter:
 
 
 def measure(
-    codecs: dict[str, TorchCodec], images: list[tuple[str, np.ndarray]], repeats: int
+    codecs: dict[str, Codec], images: list[tuple[str, np.ndarray]], repeats: int
 ) -> dict[str, dict[str, Any]]:
-    """Every codec on every image, interleaved; quality from the first pass, time: median."""
-    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in codecs}
-    for codec in codecs.values():  # warm-up: allocation and kernel selection
-        codec.decode(codec.encode(images[0][1]))
-    for _, rgb8 in images:
-        times: dict[str, list[float]] = {name: [] for name in codecs}
-        recs: dict[str, tuple[bytes, np.ndarray]] = {}
-        for _ in range(repeats):
-            for name, codec in codecs.items():
-                t0 = time.perf_counter()
-                data = codec.encode(rgb8)
-                rec = codec.decode(data)
-                times[name].append(time.perf_counter() - t0)
-                recs[name] = (data, rec)
-        for name, (data, rec) in recs.items():
-            h, w = rgb8.shape[:2]
-            row = {m: METRICS.get(m)(rgb8, rec) for m in METRICS}
-            row.update(
-                bytes=len(data),
-                bpp=bpp_from_bytes(len(data), h, w),
-                seconds=statistics.median(times[name]),
-            )
-            rows[name].append(row)
-    return {name: summarize(r) for name, r in rows.items()}
-
-
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    def mean(key: str) -> float | None:
-        values = [r[key] for r in rows if r[key] is not None]
-        return float(statistics.fmean(values)) if values else None
-
+    """compressor.compare of every codec on every image; per codec: the total of the median
+    encode + decode times over the images, and the mean quality and size."""
+    result = compare(codecs, images, repeats, estimate=False)
     return {
-        "time_s": float(sum(r["seconds"] for r in rows)),
-        "psnr": mean("psnr"),
-        "ssim": mean("ssim"),
-        "ms_ssim": mean("ms_ssim"),
-        "bpp": mean("bpp"),
-        "bytes": mean("bytes"),
+        name: {
+            "time_s": sum(r["encode_ms"] + r["decode_ms"] for r in res.rows) / 1000,
+            **{k: res.mean(k) for k in ("psnr", "ssim", "ms_ssim", "bpp", "bytes")},
+        }
+        for name, res in result.results.items()
     }
 
 
@@ -201,7 +172,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(resolve_threads(args.threads, "--threads"))
     images = load_images(args.kodak)[: args.images]
     base = load_model(args.model)
     names = args.rows.split(",") if args.rows else [row_name(*r) for r in RATIOS]

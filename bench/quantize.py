@@ -11,8 +11,9 @@
               then ORT's QDQ graph with the learned ranges (a fine-tuned model underneath)
 - pruned-*:   the same two (FP32, ours) for a structurally pruned checkpoint, with --pruned
 
-All codecs are timed per image in one run, calls interleaved (A B C ... A B C), with the same
-thread count, so machine noise hits all alike; ratios are against ort-fp32. Calibration uses
+All codecs are measured in one run by compressor.compare (per image, rounds of A B C ... in
+rotating order, the same thread count), so machine noise hits all alike; ratios are against
+ort-fp32. Calibration uses
 --calibration images, QAT trains on --train images (never Kodak).
 
     uv run python bench/quantize.py --model compressor/assets/bmshj2018-hyperprior-q2.pt \
@@ -22,12 +23,9 @@ thread count, so machine noise hits all alike; ratios are against ort-fp32. Cali
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
-import math
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -41,20 +39,21 @@ sys.path.insert(0, str(REPO))
 
 from compressor import checkpoint  # noqa: E402
 from compressor.codec import TorchCodec  # noqa: E402
+from compressor.compare import Comparison, compare  # noqa: E402
 from compressor.data import load_images  # noqa: E402
 from compressor.export import export_model  # noqa: E402
-from compressor.metrics.latency import interleaved  # noqa: E402
-from compressor.metrics.psnr import psnr  # noqa: E402
-from compressor.metrics.ssim import ms_ssim  # noqa: E402
 from compressor.quant import QuantParams, calib  # noqa: E402
+from compressor.quant.folder import write_folder  # noqa: E402
 from compressor.quant.inc import run_inc_static  # noqa: E402
+from compressor.quant.ort_backend import run_ort_static  # noqa: E402
 from compressor.quant.qat import run_qat  # noqa: E402
 from compressor.quant.qat_params import QatParams  # noqa: E402
-from compressor.quant.workflow import run_ort_static, write_folder  # noqa: E402
 from compressor.runtime import load_codec  # noqa: E402
 from compressor.runtime import manifest as mf  # noqa: E402
+from compressor.threads import resolve_threads  # noqa: E402
 
 log = logging.getLogger("bench.quantize")
+KEYS = ("encode_ms", "decode_ms", "bpp", "psnr", "ms_ssim")
 
 
 def naive_int8(src: Path, out: Path, images: list[np.ndarray]) -> Path:
@@ -112,55 +111,30 @@ def build(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, Any], dict[str
     return codecs, sizes
 
 
-def measure(codecs: dict[str, Any], rgb8: np.ndarray, repeats: int, threads: int) -> dict:
-    streams = {n: c.encode(rgb8) for n, c in codecs.items()}
-    enc = interleaved({n: functools.partial(c.encode, rgb8) for n, c in codecs.items()}, repeats, 1)
-    dec = interleaved(
-        {n: functools.partial(c.decode, streams[n]) for n, c in codecs.items()}, repeats, 1
-    )
-    pixels = rgb8.shape[0] * rgb8.shape[1]
-    rows = {}
-    for n, c in codecs.items():
-        rec = c.decode(streams[n])
-        rows[n] = {
-            "encode_ms": enc[n].median_ms,
-            "decode_ms": dec[n].median_ms,
-            "bpp": len(streams[n]) * 8 / pixels,
-            "psnr": psnr(rgb8, rec),
-            "ms_ssim": ms_ssim(rgb8, rec),
-        }
-    return rows
+def _nan(value: float | None) -> float:
+    """Undefined means (PSNR of lossless, MS-SSIM of small images) print as nan."""
+    return float("nan") if value is None else value
 
 
-def geomean(values: list[float]) -> float:
-    return math.exp(statistics.fmean(math.log(v) for v in values))
-
-
-def render(rows: dict[str, dict], sizes: dict[str, int]) -> str:
-    names = list(next(iter(rows.values())))
+def render(result: Comparison, sizes: dict[str, int]) -> str:
     ref = "ort-fp32"
     head = f"{'codec':<12}{'enc ms':>9}{'dec ms':>9}{'enc x':>7}{'dec x':>7}"
     lines = [head + f"{'PSNR':>8}{'dPSNR':>8}{'MS-SSIM':>9}{'bpp':>8}{'dbpp %':>8}{'MB':>7}"]
-    for n in names:
-        mean = {k: statistics.fmean(r[n][k] for r in rows.values()) for k in rows_keys()}
-        enc = geomean([r[ref]["encode_ms"] / r[n]["encode_ms"] for r in rows.values()])
-        dec = geomean([r[ref]["decode_ms"] / r[n]["decode_ms"] for r in rows.values()])
-        base = {k: statistics.fmean(r[ref][k] for r in rows.values()) for k in ("psnr", "bpp")}
+    base = result[ref]
+    for n in result.labels:
+        mean = {k: _nan(result[n].mean(k)) for k in KEYS}
+        enc = result.geomean_ratio("encode_ms", ref, n)
+        dec = result.geomean_ratio("decode_ms", ref, n)
+        psnr, bpp = _nan(base.mean("psnr")), _nan(base.mean("bpp"))
         lines.append(
             f"{n:<12}{mean['encode_ms']:>9.1f}{mean['decode_ms']:>9.1f}{enc:>7.2f}{dec:>7.2f}"
-            f"{mean['psnr']:>8.2f}{mean['psnr'] - base['psnr']:>8.3f}{mean['ms_ssim']:>9.4f}"
-            f"{mean['bpp']:>8.4f}{100 * (mean['bpp'] / base['bpp'] - 1):>8.2f}"
+            f"{mean['psnr']:>8.2f}{mean['psnr'] - psnr:>8.3f}{mean['ms_ssim']:>9.4f}"
+            f"{mean['bpp']:>8.4f}{100 * (mean['bpp'] / bpp - 1):>8.2f}"
             f"{sizes[n] / 1e6:>7.2f}"
         )
-    naive = geomean(
-        [r["int8-naive"]["decode_ms"] / r["int8-ours"]["decode_ms"] for r in rows.values()]
-    )
+    naive = result.geomean_ratio("decode_ms", "int8-naive", "int8-ours")
     lines.append(f"decode speed int8-ours vs int8-naive: {naive:.2f}x (geomean over images)")
     return "\n".join(lines)
-
-
-def rows_keys() -> tuple[str, ...]:
-    return ("encode_ms", "decode_ms", "bpp", "psnr", "ms_ssim")
 
 
 def main() -> None:
@@ -181,21 +155,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(resolve_threads(args.threads, "--threads"))
     images = load_images(args.kodak)[: args.images]
     with tempfile.TemporaryDirectory() as tmp:
         codecs, sizes = build(args, Path(tmp))
-        for c in codecs.values():  # warm-up: allocation and kernel selection
-            c.decode(c.encode(images[0][1]))
-        rows = {}
-        for name, rgb8 in images:
-            rows[name] = measure(codecs, rgb8, args.repeats, args.threads)
-            log.warning("%s: %s", name, {k: round(v["decode_ms"]) for k, v in rows[name].items()})
+        result = compare(codecs, images, args.repeats, estimate=False, threads=args.threads)
+    rows = result.by_image(KEYS)
     print(
         f"model {args.model}, {len(rows)} Kodak images, {args.threads} thread(s), medians of "
         f"{args.repeats}; ratios: ort-fp32 time / codec time"
     )
-    print(render(rows, sizes))
+    print(render(result, sizes))
     if args.out:
         args.out.write_text(
             json.dumps(
