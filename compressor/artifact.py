@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -39,15 +40,15 @@ class Artifact:
     params: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)  # headline numbers for the run table
     failed: bool = False  # a validation gate failed
+    #: the step's full report (its report.json), for the CLI to render without re-reading it
+    report: dict[str, Any] | None = field(default=None, repr=False)
 
     def relocated(self, old_dir: Path, new_dir: Path) -> Artifact:
         """The same artifact after its temporary folder was renamed into place."""
         path = self.path
         if path == old_dir or old_dir in path.parents:
             path = new_dir / path.relative_to(old_dir)
-        return Artifact(
-            self.id, self.kind, path, self.step, self.parent, self.params, self.summary, self.failed
-        )
+        return dataclasses.replace(self, path=path)
 
 
 def sha256(path: Path) -> str:
@@ -74,8 +75,15 @@ def versions() -> dict[str, str]:
 
 
 def write_manifest(
-    folder: Path, art: Artifact, inputs: dict[str, Path], recipe: dict[str, Any] | None = None
+    folder: Path,
+    art: Artifact,
+    inputs: dict[str, Path],
+    recipe: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
+    run_dir: Path | None = None,
 ) -> None:
+    """manifest.json of a step folder; `fingerprint` lets --resume keep the step, and input
+    paths inside `run_dir` are stored relative to it (a run folder may be renamed)."""
     write_json(
         folder / "manifest.json",
         {
@@ -86,12 +94,23 @@ def write_manifest(
             "params": art.params,
             "path": art.path.name if art.kind != "report" else None,
             "summary": art.summary,
+            "failed": art.failed,
+            "fingerprint": fingerprint,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "inputs": {name: {"path": str(p), "sha256": sha256(p)} for name, p in inputs.items()},
+            "inputs": {
+                name: {"path": _relative(p, run_dir), "sha256": sha256(p)}
+                for name, p in inputs.items()
+            },
             "recipe": recipe,
             "versions": versions(),
         },
     )
+
+
+def _relative(path: Path, run_dir: Path | None) -> str:
+    if run_dir is not None and Path(run_dir) in Path(path).parents:
+        return str(Path(path).relative_to(run_dir))
+    return str(path)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

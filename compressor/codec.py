@@ -96,10 +96,8 @@ def open_codec(
         return codec
     if not path.exists():
         raise CheckpointError(f"model {path} does not exist (a checkpoint file or export folder)")
-    import torch
-
     from compressor import checkpoint
 
-    if threads:
-        torch.set_num_threads(threads)
+    # torch's threads are the caller's run context (compressor.threads.torch_threads), never
+    # changed here for the rest of the process
     return TorchCodec(checkpoint.load(path, arch), name or f"torch:{path.name}")

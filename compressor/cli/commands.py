@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from compressor.cli.common import given, handle_errors, options_from
+from compressor.cli.common import given, handle_errors, options_from, resume_options
+from compressor.threads import resolve_threads, torch_threads
 from compressor.train import TrainConfig
 from compressor.validate import Gates
 
@@ -56,7 +57,7 @@ def train(
     """Train a model with the rate-distortion loss (or fine-tune one with --init)."""
     from compressor.rich_ui import RichReporter, table
     from compressor.rich_ui import out as stdout
-    from compressor.workflows import train_model
+    from compressor.training import train_model
 
     result = train_model(
         arch=arch,
@@ -147,9 +148,11 @@ def evaluate(
     from compressor.rich_ui import RichReporter
     from compressor.rich_ui import out as stdout
 
+    threads = resolve_threads(threads, "--threads")
     images = load_images(data)
     codec = open_codec(model, arch, provider, threads)
-    result = run_eval(codec, images, threads=threads, reporter=RichReporter())
+    with torch_threads(threads):
+        result = run_eval(codec, images, threads=threads, reporter=RichReporter())
     folder = out or Path("exported") / f"eval-{model.stem}"
     write_eval_report(folder, result, f"evaluate {model} on {data}")
     _print_eval(result, f"{codec.name} on {data}")
@@ -217,14 +220,16 @@ def validate(
     from compressor.validate import validate as run_validate
 
     gates = Gates(**given(gate_args, Gates))
+    threads = resolve_threads(threads, "--threads")
     images = load_images(data)
     base = open_codec(baseline, arch, provider, threads, "baseline")
     cand = open_codec(candidate, arch, provider, threads, "candidate")
     from compressor.rich_ui import RichReporter
 
-    result = run_validate(
-        base, cand, images, gates, repeats=repeats, threads=threads, reporter=RichReporter()
-    )
+    with torch_threads(threads):
+        result = run_validate(
+            base, cand, images, gates, repeats=repeats, threads=threads, reporter=RichReporter()
+        )
     write_validation_report(out, result, f"validate {candidate} against {baseline}")
     _print_validation(result, out)
 
@@ -277,16 +282,19 @@ def _print_validation(result: Any, out: Path) -> None:
     default=None,
     help="Run folder [default: the recipe's output, else exported/<name>].",
 )
+@resume_options
 @handle_errors
-def run_recipe(recipe: Path, output: Path | None) -> None:
+def run_recipe(recipe: Path, output: Path | None, resume: bool, overwrite: bool) -> None:
     """Run a recipe end to end: every step, artifacts in exported/<run>/NN_<step>/.
 
-    The whole recipe is checked before any weights load; exit 1 if a validation gate fails."""
+    The whole recipe and the output folder are checked before any weights load or any file
+    changes. A folder that no run made is never written into; a finished run is replaced only
+    with --overwrite (and only once the new run finished). Exit 1 if a validation gate fails."""
     from compressor import pipeline
     from compressor.rich_ui import RichReporter, table
     from compressor.rich_ui import out as stdout
 
-    plan = pipeline.plan(recipe, output)
+    plan = pipeline.load_plan(recipe, output, resume=resume, overwrite=overwrite)
     result = pipeline.run(plan, RichReporter())
     rows = [
         [
@@ -305,6 +313,8 @@ def finish_run(result: Any) -> None:
     from compressor.errors import GateFailed
     from compressor.rich_ui import out as stdout
 
+    if result.reused:
+        stdout.print(f"kept {result.reused} step(s) finished earlier with the same inputs")
     stdout.print(f"artifacts: {result.run_dir}")
     if not result.passed:
         raise GateFailed(f"a validation gate failed; see {result.artifacts[-1].path}/report.md")

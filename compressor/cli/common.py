@@ -105,3 +105,19 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+
+
+def resume_options(fn: F) -> F:
+    """--resume / --overwrite of the commands that write a run folder."""
+    fn = click.option(
+        "--overwrite",
+        is_flag=True,
+        help="Replace the output folder if an earlier run made it (never a folder of yours); "
+        "the old run stays until the new one finished.",
+    )(fn)
+    return click.option(
+        "--resume",
+        is_flag=True,
+        help="Continue the run in the output folder: keep the steps that finished with the "
+        "same inputs, run the rest.",
+    )(fn)

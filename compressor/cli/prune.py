@@ -182,22 +182,25 @@ def prune(
     params = build_params(
         method, ratio, latent, hyper_latent, lmbda=lmbda, report_size=_size(report_size), **fields
     )
-    from compressor.prune.workflow import run_prune
+    from compressor.prune.run import run_prune
+    from compressor.threads import resolve_threads, torch_threads
 
-    result = run_prune(
-        model_path,
-        params,
-        arch=arch,
-        calibration=calibration,
-        data=data,
-        finetune_data=finetune_data,
-        finetune_steps=finetune_steps,
-        finetune_minutes=finetune_minutes,
-        finetune_options={"crop": finetune_crop, "batch_size": finetune_batch_size},
-        threads=threads,
-        out=out,
-        report_path=report_path,
-    )
+    threads = resolve_threads(threads, "--threads")
+    with torch_threads(threads):
+        result = run_prune(
+            model_path,
+            params,
+            arch=arch,
+            calibration=calibration,
+            data=data,
+            finetune_data=finetune_data,
+            finetune_steps=finetune_steps,
+            finetune_minutes=finetune_minutes,
+            finetune_options={"crop": finetune_crop, "batch_size": finetune_batch_size},
+            threads=threads,
+            out=out,
+            report_path=report_path,
+        )
     render(result["report"], result.get("quality"))
     from compressor.rich_ui import out as stdout
 

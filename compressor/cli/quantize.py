@@ -2,45 +2,40 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 
-from compressor.cli.common import handle_errors
+from compressor.cli.common import handle_errors, resume_options
 
 
-def overridden(recipe: Path, model: str | None, data: str | None, dst: Path) -> Path:
-    """The recipe with --model / --data (the calibration folder) applied, written to `dst`."""
-    import yaml
-
+def overridden(recipe: Path, model: str | None, data: str | None) -> tuple[Any, dict[str, Any]]:
+    """The recipe (and its raw mapping) with --model / --data (the calibration folder) applied,
+    checked as a whole: an override is validated like the recipe's own fields."""
     from compressor.errors import RecipeError
-    from compressor.recipe import load_recipe
+    from compressor.recipe import parse_recipe, read_recipe_file
 
-    parsed = load_recipe(recipe)  # every field checked, with the recipe's own name in errors
+    raw = read_recipe_file(recipe)
+    if isinstance(raw, dict):
+        if model is not None:
+            raw["model"] = model
+        if data is not None:
+            raw["data"] = {**(raw.get("data") or {}), "calibration": data}
+    parsed = parse_recipe(raw, str(recipe))
     if not any(name == "quantize" for name, _ in parsed.steps):
         raise RecipeError(f"{recipe} has no quantize step; run it with `cli.py run` instead")
-    raw: dict[str, Any] = yaml.safe_load(Path(recipe).read_text())
-    if model is not None:
-        raw["model"] = model
-    if data is not None:
-        raw.setdefault("data", {})["calibration"] = data
-    dst.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return dst
+    return parsed, raw
 
 
 def render(run: Any) -> None:
-    from compressor.artifact import read_manifest
     from compressor.quant import report as qreport
     from compressor.rich_ui import out, table
 
     for art in run.artifacts:
-        if art.step != "quantize":
+        if art.step != "quantize" or art.report is None:
             continue
-        import json
-
-        report = json.loads((art.path.parent / "report.json").read_text())
+        report = art.report
         out.print(table(f"{art.id}: graphs", qreport.GRAPH_COLUMNS, qreport.graph_rows(report)))
         if report.get("sensitivity"):
             rows = qreport.sensitivity_rows(report)
@@ -57,7 +52,7 @@ def render(run: Any) -> None:
         out.print(
             f"quick check vs float ({check['images']} images): PSNR drop "
             f"{check['psnr_drop_db']:.3f} dB, bpp {100 * check['bpp_increase']:+.2f}%; "
-            f"model id {read_manifest(art.path)['model_id'][:16]}; export {art.path}"
+            f"model id {report['model_id'][:16]}; export {art.path}"
         )
 
 
@@ -82,8 +77,16 @@ def qat_line(qat: dict[str, Any], check: dict[str, Any]) -> str:
     default=None,
     help="Run folder [default: the recipe's output, else exported/<name>].",
 )
+@resume_options
 @handle_errors
-def quantize(recipe: Path, model: str | None, data: str | None, output: Path | None) -> None:
+def quantize(
+    recipe: Path,
+    model: str | None,
+    data: str | None,
+    output: Path | None,
+    resume: bool,
+    overwrite: bool,
+) -> None:
     """INT8-quantize a model as RECIPE says (backend ort-static: ONNX Runtime static PTQ;
     inc-static: Neural Compressor's calibration; qat: quantization-aware fine-tuning; all
     written as ORT QDQ graphs), then run the recipe's other steps (export before, validate
@@ -92,10 +95,10 @@ def quantize(recipe: Path, model: str | None, data: str | None, output: Path | N
     from compressor.cli.commands import finish_run
     from compressor.rich_ui import RichReporter
 
-    with tempfile.TemporaryDirectory(prefix="recipe.") as tmp:
-        path = overridden(recipe, model, data, Path(tmp) / Path(recipe).name)
-        plan = pipeline.plan(path, output)
-        plan.source = str(recipe)
-        result = pipeline.run(plan, RichReporter())
+    parsed, raw = overridden(recipe, model, data)
+    plan = pipeline.plan(
+        parsed, output, source=str(recipe), raw=raw, resume=resume, overwrite=overwrite
+    )
+    result = pipeline.run(plan, RichReporter())
     render(result)
     finish_run(result)

@@ -28,6 +28,13 @@ class RunContext:
     cache: dict[str, Any] = field(default_factory=dict)
     #: the artifacts of the steps run so far, in order (a step may compare against one)
     done: list[Artifact] = field(default_factory=list)
+    #: CPU threads of every step (torch and ONNX Runtime), resolved once by the pipeline
+    threads: int = 1
+
+    @property
+    def provider(self) -> str:
+        """The ONNX Runtime execution provider of every step (the recipe's target)."""
+        return self.recipe.provider
 
     def images(self, source: str) -> list:
         """Images of a source, decoded once per run."""
@@ -48,6 +55,8 @@ class StepSpec:
     check: Callable[[Any, Recipe], None] | None = None
     #: the artifact kinds this step accepts as input
     accepts: tuple[str, ...] = ("checkpoint",)
+    #: the kind of model it hands to the next step; None: a report, the model is unchanged
+    produces: str | None = "checkpoint"
     #: minimal valid params (docs and the plugin tests)
     example: dict[str, Any] = field(default_factory=dict)
 

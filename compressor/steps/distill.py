@@ -16,10 +16,6 @@ from compressor.steps import RunContext, StepSpec, register
 
 def run(params: DistillParams, ctx: RunContext, art: Artifact, out: Path) -> Artifact:
     teacher = checkpoint.load(art.path, ctx.recipe.arch)
-    if params.train.threads is None and ctx.recipe.threads:
-        params = params.model_copy(
-            update={"train": params.train.model_copy(update={"threads": ctx.recipe.threads})}
-        )
     images = load_folder(Path(str(ctx.recipe.data.train)), minimum=2)
     result = distill(teacher, images, params, out / "model.pt", resume=False, reporter=ctx.reporter)
     (out / "model.distill.resume.pt").unlink(missing_ok=True)

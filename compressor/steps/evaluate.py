@@ -17,13 +17,12 @@ class EvaluateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     images: str | None = Field(None, description="image source; default: the recipe's data.eval")
-    provider: str = Field("cpu", description="ONNX Runtime provider for exported models")
 
 
 def run(params: EvaluateParams, ctx: RunContext, art: Artifact, out: Path) -> Artifact:
     source = params.images or ctx.recipe.data.eval
-    codec = open_codec(art.path, ctx.recipe.arch, params.provider, ctx.recipe.threads)
-    result = evaluate(codec, ctx.images(source), threads=ctx.recipe.threads, reporter=ctx.reporter)
+    codec = open_codec(art.path, ctx.recipe.arch, ctx.provider, ctx.threads)
+    result = evaluate(codec, ctx.images(source), threads=ctx.threads, reporter=ctx.reporter)
     write_eval_report(out, result, f"evaluate {art.id} on {source}")
     return Artifact(
         "", "report", out, "evaluate", art.id, params.model_dump(), summary=result.summary()
@@ -36,4 +35,8 @@ def check(params: EvaluateParams, recipe) -> None:  # type: ignore[no-untyped-de
     image_paths(params.images or recipe.data.eval)
 
 
-SPEC = register(StepSpec("evaluate", EvaluateParams, run, check, accepts=("checkpoint", "export")))
+SPEC = register(
+    StepSpec(
+        "evaluate", EvaluateParams, run, check, accepts=("checkpoint", "export"), produces=None
+    )
+)

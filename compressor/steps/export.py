@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from compressor import checkpoint
 from compressor.artifact import Artifact
 from compressor.export import export_model
+from compressor.export.onnx import MAX_OPSET, MIN_OPSET
 from compressor.steps import RunContext, StepSpec, register
 
 
@@ -16,7 +17,9 @@ class ExportParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rewrite: bool = Field(True, description="ConvTranspose -> Conv + PixelShuffle, GDN folded")
-    opset: int = Field(17, ge=17, description="ONNX opset")
+    opset: int = Field(
+        MIN_OPSET, ge=MIN_OPSET, le=MAX_OPSET, description="ONNX opset the exporter writes"
+    )
 
 
 def run(params: ExportParams, ctx: RunContext, art: Artifact, out: Path) -> Artifact:
@@ -37,4 +40,4 @@ def run(params: ExportParams, ctx: RunContext, art: Artifact, out: Path) -> Arti
     )
 
 
-SPEC = register(StepSpec("export", ExportParams, run))
+SPEC = register(StepSpec("export", ExportParams, run, produces="export"))

@@ -48,7 +48,7 @@ def run(params: QuantParams, ctx: RunContext, art: Artifact, out: Path) -> Artif
     folder = str(ctx.recipe.data.calibration)
     images = calibration_images(folder, params)
     backend = QUANTIZERS.get(params.backend)
-    threads = ctx.recipe.threads or 1
+    threads = ctx.threads
     if params.backend in TORCH_BACKENDS:
         extra = torch_inputs(params, ctx, art)
         report = backend(art.path, out / "onnx", params, images, threads, **extra)
@@ -63,6 +63,7 @@ def run(params: QuantParams, ctx: RunContext, art: Artifact, out: Path) -> Artif
         "quantize",
         art.id,
         params.model_dump(mode="json"),
+        report=report,
         summary={
             "model_id": report["model_id"],
             "int8_convs": sum(g["int8_convs"] for g in report["graphs"]),
@@ -83,14 +84,7 @@ def check(params: QuantParams, recipe: Any) -> None:
     image_paths(cal)  # an empty or missing folder is a DataError here, before any work
     if params.backend in TORCH_BACKENDS:
         check_torch_backend(params, recipe)
-    if (
-        str(recipe.data.eval) != "skimage"
-        and Path(cal).resolve() == Path(recipe.data.eval).resolve()
-    ):
-        raise RecipeError(
-            f"data.calibration is the evaluation folder {recipe.data.eval}: calibrate on other "
-            "images, or the validation measures images the quantizer has seen"
-        )
+    # calibration == eval is refused by recipe.DataSpec, for 'skimage' as for folders
 
 
 def check_torch_backend(params: QuantParams, recipe: Any) -> None:
@@ -104,4 +98,6 @@ def check_torch_backend(params: QuantParams, recipe: Any) -> None:
         image_paths(training_folder(recipe), minimum=2)  # the train loop holds one out
 
 
-SPEC = register(StepSpec("quantize", QuantParams, run, check, accepts=("export",)))
+SPEC = register(
+    StepSpec("quantize", QuantParams, run, check, accepts=("export",), produces="export")
+)

@@ -10,7 +10,7 @@ from compressor.artifact import Artifact
 from compressor.codec import open_codec
 from compressor.errors import RecipeError
 from compressor.report import write_validation_report
-from compressor.steps import RunContext, StepSpec, register
+from compressor.steps import STEPS, RunContext, StepSpec, register
 from compressor.validate import Gates, validate
 
 
@@ -20,7 +20,6 @@ class ValidateParams(BaseModel):
     images: str | None = Field(None, description="image source; default: the recipe's data.eval")
     gates: Gates = Field(default_factory=Gates)
     repeats: int = Field(3, ge=1, description="timed repeats per image and codec (interleaved)")
-    provider: str = Field("cpu", description="ONNX Runtime provider for exported models")
     baseline: str | None = Field(
         None,
         description="an earlier step (e.g. export) whose output is the baseline; default: the "
@@ -30,10 +29,10 @@ class ValidateParams(BaseModel):
 
 def run(params: ValidateParams, ctx: RunContext, art: Artifact, out: Path) -> Artifact:
     source = params.images or ctx.recipe.data.eval
-    threads = ctx.recipe.threads
+    threads = ctx.threads
     reference = _baseline(params, ctx)
-    base = open_codec(reference.path, ctx.recipe.arch, params.provider, threads, "baseline")
-    cand = open_codec(art.path, ctx.recipe.arch, params.provider, threads, "candidate")
+    base = open_codec(reference.path, ctx.recipe.arch, ctx.provider, threads, "baseline")
+    cand = open_codec(art.path, ctx.recipe.arch, ctx.provider, threads, "candidate")
     result = validate(
         base,
         cand,
@@ -72,12 +71,20 @@ def check(params: ValidateParams, recipe) -> None:  # type: ignore[no-untyped-de
     from compressor.data import image_paths
 
     image_paths(params.images or recipe.data.eval)
-    names = [name for name, _ in recipe.steps]
-    if params.baseline is not None and params.baseline not in names:
+    if params.baseline is None:
+        return
+    # the baseline is an earlier step's model: this step's own position decides what is earlier
+    index = next(i for i, (_, p) in enumerate(recipe.steps) if p is params)
+    earlier = [name for name, _ in recipe.steps[:index] if STEPS.get(name).produces]
+    if params.baseline not in earlier:
         raise RecipeError(
-            f"validate baseline {params.baseline!r} is not a step of this recipe; steps: "
-            f"{', '.join(names)}"
+            f"validate baseline {params.baseline!r} is not an earlier step that makes a model; "
+            f"earlier such steps: {', '.join(earlier) or 'none'}"
         )
 
 
-SPEC = register(StepSpec("validate", ValidateParams, run, check, accepts=("checkpoint", "export")))
+SPEC = register(
+    StepSpec(
+        "validate", ValidateParams, run, check, accepts=("checkpoint", "export"), produces=None
+    )
+)

@@ -128,7 +128,7 @@ def test_impossible_gate_against_the_float_export_exits_1(tmp_path: Path) -> Non
 
 def test_validate_baseline_must_be_a_step(exported: Path, tmp_path: Path) -> None:
     path = recipe(tmp_path, exported, {}, after=[{"validate": {"baseline": "distill"}}])
-    assert_exit_2(invoke("--recipe", path), "validate baseline 'distill' is not a step")
+    assert_exit_2(invoke("--recipe", path), "validate baseline 'distill' is not an earlier step")
 
 
 def test_qat_with_zero_budget(exported: Path, tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ def test_recipe_runs(recipe: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
     small = shrink(recipe, tmp_path, tiny_ckpt)
     result = CliRunner().invoke(main, ["run", str(small), "--output", str(tmp_path / "run")])
     steps = yaml.safe_load(recipe.read_text())["steps"]
-    folders = sorted(p.name for p in (tmp_path / "run").iterdir())
+    folders = sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir())
     assert len(folders) == len(steps), (result.output, result.stderr)
     for folder in folders:
         manifest = json.loads((tmp_path / "run" / folder / "manifest.json").read_text())
@@ -129,7 +129,7 @@ def test_default_recipe_gates_fail_when_impossibly_tight(tiny_ckpt: Path, tmp_pa
     small.write_text(yaml.safe_dump(data))
     result = CliRunner().invoke(main, ["run", str(small), "--output", str(tmp_path / "run")])
     assert result.exit_code == 1, result.stderr
-    folders = sorted(p.name for p in (tmp_path / "run").iterdir())
+    folders = sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir())
     assert [f.split("_", 1)[1] for f in folders] == [next(iter(s)) for s in data["steps"]]
     report = json.loads((tmp_path / "run" / folders[-1] / "report.json").read_text())
     verdicts = {g["gate"]: g["passed"] for g in report["gates"]}
