@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from compressor import checkpoint  # noqa: E402
-from compressor.codec import TorchCodec  # noqa: E402
+from compressor.codec import Codec, TorchCodec  # noqa: E402
 from compressor.compare import Comparison, compare  # noqa: E402
 from compressor.data import load_images  # noqa: E402
 from compressor.export import export_model  # noqa: E402
@@ -88,7 +88,7 @@ def main() -> None:
     model = build_model(args.model, args.arch)
     images = load_images(args.kodak)[: args.images]
     with tempfile.TemporaryDirectory() as tmp:
-        codecs = {
+        codecs: dict[str, Codec] = {
             "torch": TorchCodec(model),
             "ort": load_codec(
                 export_model(model, Path(tmp) / "orig", rewrite=False), threads=args.threads

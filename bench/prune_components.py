@@ -21,6 +21,7 @@ import json
 import logging
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def load_model(spec: str) -> CodecAdapter:
 
 
 def measure(
-    codecs: dict[str, Codec], images: list[tuple[str, np.ndarray]], repeats: int
+    codecs: Mapping[str, Codec], images: list[tuple[str, np.ndarray]], repeats: int
 ) -> dict[str, dict[str, Any]]:
     """compressor.compare of every codec on every image; per codec: the total of the median
     encode + decode times over the images, and the mean quality and size."""
