@@ -28,7 +28,8 @@ from compressor.progress import NullReporter, Reporter
 from compressor.recipe import BUNDLED, Recipe, parse_recipe, read_recipe_file
 from compressor.runfolder import RunFolder, check_output
 from compressor.steps import STEPS, RunContext, StepSpec
-from compressor.threads import resolve_threads, torch_threads
+from compressor.threads import resolve_threads
+from compressor.torch_threads import torch_threads
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,7 @@ core it does not get and a run slows down many times more than the share of CPU 
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 
 from compressor.errors import RecipeError
 
@@ -43,17 +41,3 @@ def set_wait_policy() -> None:
     """Make idle OpenMP threads sleep (unless the user chose a policy). Call before torch loads."""
     for key, value in WAIT_POLICY_ENV.items():
         os.environ.setdefault(key, value)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """torch's intra-op threads for the duration of a run, restored afterwards: no command
-    or step changes them for the rest of the process as a side effect."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

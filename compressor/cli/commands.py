@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from compressor.cli.common import given, handle_errors, options_from, resume_options
-from compressor.threads import resolve_threads, torch_threads
+from compressor.threads import resolve_threads
+from compressor.torch_threads import torch_threads
 from compressor.train import TrainConfig
 from compressor.validate import Gates
 
@@ -59,6 +60,9 @@ def train(
     from compressor.rich_ui import out as stdout
     from compressor.training import train_model
 
+    overrides = given(kwargs, TrainConfig)
+    if "threads" in overrides:
+        resolve_threads(overrides["threads"], "--threads")
     result = train_model(
         arch=arch,
         quality=quality,
@@ -67,7 +71,7 @@ def train(
         data=data,
         out=out,
         resume=resume,
-        overrides=given(kwargs, TrainConfig),
+        overrides=overrides,
         reporter=RichReporter(),
     )
     rows = [[h["step"], h["loss"], h["bpp"], h["psnr"], h["lr"]] for h in result.history[-10:]]

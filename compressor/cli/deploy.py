@@ -38,9 +38,7 @@ def export(
     from compressor.rich_ui import table
     from compressor.runtime import manifest as mf
 
-    if out.exists() and not overwrite:
-        # checked before the (slow) load, like every input error
-        raise RecipeError(f"--out {out} exists; pass --overwrite or choose another folder")
+    check_export_target(out, overwrite)  # before the (slow) load, like every input error
     adapter = checkpoint.load(model, arch)
     folder = export_model(adapter, out, rewrite=rewrite, opset=opset, overwrite=overwrite)
     found = mf.read(folder)
@@ -53,3 +51,24 @@ def export(
         table(f"export of {found.arch} ({found.kind})", ["file", "bytes", "max |Δ|"], rows)
     )
     stdout.print(f"model id {found.model_id[:16]}, opset {found.opset}; wrote {folder}")
+
+
+def check_export_target(out: Path, overwrite: bool) -> None:
+    """--out may be new, empty, or (with --overwrite) an earlier export; never a user's file
+    or a folder of other files."""
+    from compressor.errors import CheckpointError
+    from compressor.runtime import manifest as mf
+
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir():
+        raise RecipeError(f"--out {out} is a file; an export is a folder")
+    try:
+        mf.read(out)
+    except CheckpointError:
+        raise RecipeError(
+            f"--out {out} is a folder of other files (no export manifest.json); refusing to "
+            "replace it: choose a new or empty folder"
+        ) from None
+    if not overwrite:
+        raise RecipeError(f"--out {out} holds an export; pass --overwrite or choose another folder")

@@ -183,7 +183,8 @@ def prune(
         method, ratio, latent, hyper_latent, lmbda=lmbda, report_size=_size(report_size), **fields
     )
     from compressor.prune.run import run_prune
-    from compressor.threads import resolve_threads, torch_threads
+    from compressor.threads import resolve_threads
+    from compressor.torch_threads import torch_threads
 
     threads = resolve_threads(threads, "--threads")
     with torch_threads(threads):
