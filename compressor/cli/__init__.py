@@ -15,6 +15,10 @@ from compressor.threads import set_wait_policy
 
 __all__ = ["main"]
 
+# Before any command module imports torch: OpenMP reads its wait policy once, when it loads
+# (click imports a lazy command before it runs the group's callback).
+set_wait_policy()
+
 #: command name -> "module:attribute"
 COMMANDS = {
     "train": "compressor.cli.commands:train",
@@ -46,7 +50,6 @@ def main(verbose: int) -> None:
 
     from compressor.rich_ui import console
 
-    set_wait_policy()  # before any command imports torch (OpenMP reads it once)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
     logging.basicConfig(
         level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
