@@ -78,6 +78,9 @@ class Recipe(BaseModel):
     arch: str | None = None
     data: DataSpec = Field(default_factory=DataSpec)
     threads: int | None = Field(None, ge=1)
+    provider: str = Field(
+        "cpu", description="ONNX Runtime execution provider of every step (the target hardware)"
+    )
     output: str | None = Field(None, description="run folder; default exported/<name>")
     steps: list[tuple[str, BaseModel]]
 
