@@ -105,12 +105,6 @@ class CodecAdapter(ABC):
         Returns values to log; default: no extra step."""
         return {}
 
-    def prune_structured(self, params: Any) -> dict[str, Any] | None:
-        """A family's own structured pruning (in place; returns the width report) when
-        torch-pruning's one-step trace cannot see its couplings (rnn's recurrent state,
-        HiFiC's ChannelNorm and latent layers); None: the generic pruner does it."""
-        return None
-
     def finalize(self) -> None:
         """Rebuild derived state (entropy tables) after training or a structural change."""
         return None

@@ -403,11 +403,5 @@ class HificAdapter(CodecAdapter):
         if disc:  # a codec-only state dict keeps the current discriminator
             self.discriminator.load_state_dict(disc)
 
-    def prune_structured(self, params: Any) -> dict[str, Any]:
-        """Structured pruning with ChannelNorm support (compressor.prune.structured's hook)."""
-        from compressor.prune.channelnorm import prune_hific
-
-        return prune_hific(self, params)
-
 
 MODELS.add("hific", HificAdapter)

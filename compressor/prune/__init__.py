@@ -16,9 +16,15 @@ import torch
 
 from compressor.errors import RecipeError
 from compressor.models import CodecAdapter
-from compressor.prune import structured, unstructured
+from compressor.prune import (
+    channelnorm,  # noqa: F401  (registers hific's structured pruner)
+    rnn,  # noqa: F401  (registers rnn's structured pruner)
+    structured,
+    unstructured,
+)
 from compressor.prune.config import PruneParams, parse_ratios
 from compressor.prune.report import component_rows, quality_deltas, totals
+from compressor.prune.structured import FAMILY_PRUNERS
 from compressor.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -62,4 +68,11 @@ def prune_model(
     return pruned, report
 
 
-__all__ = ["PRUNERS", "PruneParams", "parse_ratios", "prune_model", "quality_deltas"]
+__all__ = [
+    "FAMILY_PRUNERS",
+    "PRUNERS",
+    "PruneParams",
+    "parse_ratios",
+    "prune_model",
+    "quality_deltas",
+]

@@ -6,17 +6,18 @@ kept channels are then taken over the kept channels only (a fine-tune recovers w
 shifts). Input and output channels are the same, so, as for GDN, one function serves both
 directions and torch-pruning keeps the layer in its producer's group.
 
-`prune_hific` is the family's structured pruning (called through structured.prune's
-`prune_structured` hook): the generic planner, but its dependency graphs know ChannelNorm and
-leave every latent-producing layer alone: the encoder's and generator's last convolutions and,
-in the probability model, both h_a's last (z) and h_s's last (the scales and means of y).
+`prune_hific` is the family's structured pruning (registered in structured.FAMILY_PRUNERS,
+so structured.prune hands hific models to it): the generic planner, but its dependency
+graphs know ChannelNorm and leave every latent-producing layer alone: the encoder's and
+generator's last convolutions and, in the probability model, both h_a's last (z) and h_s's
+last (the scales and means of y).
 `latent` / `hyper_latent` ratios cut those couplings with compressor.prune.latent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch_pruning as tp
@@ -31,6 +32,7 @@ from compressor.prune.config import LATENTS
 from compressor.prune.gdn import GDNPruner, _keep, select_param
 
 if TYPE_CHECKING:
+    from compressor.models.base import CodecAdapter
     from compressor.models.hific import HificAdapter
     from compressor.prune.config import PruneParams
 
@@ -118,8 +120,10 @@ def plan(
     return graphs, groups
 
 
-def prune_hific(model: HificAdapter, params: PruneParams) -> dict[str, Any]:
+@st.FAMILY_PRUNERS.register("hific")
+def prune_hific(adapter: CodecAdapter, params: PruneParams) -> dict[str, Any]:
     """Remove channels of a hific model in place; the per-layer width report."""
+    model = cast("HificAdapter", adapter)
     if params.importance == "taylor":
         raise RecipeError(
             "hific structured pruning ranks channels by l1, l2 or random (taylor needs "

@@ -6,6 +6,11 @@ after it, the next convolution's inputs; residual adds in cheng2020). The compon
 layer is left alone: its outputs are the latent (or the image) that other components and the
 entropy models share, and those couplings are pruned separately (compressor.prune.latent)
 when a `latent` / `hyper_latent` ratio asks for it.
+
+Families whose couplings torch-pruning's one-step trace cannot see (rnn's recurrent state,
+HiFiC's ChannelNorm and latent layers) register their own structured pruner in
+FAMILY_PRUNERS, keyed by the adapter's `family` (compressor.prune.rnn, .channelnorm); `prune`
+hands those models to it.
 """
 
 from __future__ import annotations
@@ -28,8 +33,14 @@ from compressor.models.resize import CONV_TYPES, ShapeMap, shape_map
 from compressor.prune import latent
 from compressor.prune.config import COMPONENTS, LATENTS, PruneParams
 from compressor.prune.gdn import GDNPruner
+from compressor.registry import Registry
 
 log = logging.getLogger(__name__)
+
+#: (model, params) -> the per-layer width report; prunes the model in place
+FamilyPruner = Callable[[CodecAdapter, PruneParams], dict[str, Any]]
+#: a family's own structured pruner, keyed by CodecAdapter.family
+FAMILY_PRUNERS: Registry[FamilyPruner] = Registry("family structured pruner")
 
 #: input size of the dependency-graph trace (a multiple of 64; the graph is size-independent)
 TRACE_SIZE = 128
@@ -217,9 +228,8 @@ def prune(
 ) -> tuple[CodecAdapter, dict[str, Any]]:
     """Remove channels of `model` in place; returns it and the per-layer width report."""
     model.eval()
-    own = model.prune_structured(params)  # families whose couplings torch-pruning cannot trace
-    if own is not None:
-        return model, own
+    if model.family in FAMILY_PRUNERS:  # couplings torch-pruning cannot trace
+        return model, FAMILY_PRUNERS.get(model.family)(model, params)
     from compressor.metrics.complexity import component_inputs
 
     traces = component_inputs(model, torch.rand(1, 3, TRACE_SIZE, TRACE_SIZE))

@@ -1,4 +1,5 @@
-"""`cli.py prune` end to end: load, prune, optionally fine-tune and measure, save."""
+"""A pruning run end to end (what `cli.py prune` calls): load, prune, optionally fine-tune
+and measure, save."""
 
 from __future__ import annotations
 
