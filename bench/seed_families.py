@@ -42,7 +42,6 @@ from bench.prune_components import (  # noqa: E402
 from compressor.codec import Codec, TorchCodec, open_codec  # noqa: E402
 from compressor.data import load_folder, load_images  # noqa: E402
 from compressor.export import export_model  # noqa: E402
-from compressor.export.rnn import RnnOrtCodec, quantize_rnn  # noqa: E402
 from compressor.models import CodecAdapter  # noqa: E402
 from compressor.prune import PruneParams, prune_model  # noqa: E402
 from compressor.prune.config import COMPONENTS  # noqa: E402
@@ -93,12 +92,6 @@ def onnx_codecs(model: CodecAdapter, work: Path, args: argparse.Namespace) -> di
     params = QuantParams(
         calibration=Calibration(images=args.calibration_images, crop=args.calibration_crop)
     )
-    if model.family == "rnn":  # step graphs with state inputs: its own export and codec
-        quantize_rnn(fp32, work / "int8", calib, params)
-        return {
-            FP32: RnnOrtCodec(fp32, args.threads, FP32),
-            INT8: RnnOrtCodec(work / "int8", args.threads, INT8),
-        }
     QUANTIZERS.get("ort-static")(fp32, work / "int8", params, calib, args.threads)
     return {
         FP32: open_codec(fp32, threads=args.threads, name=FP32),

@@ -21,7 +21,7 @@ def build_params(
 ) -> Any:
     from compressor.distill import DistillParams, parse_losses
     from compressor.errors import RecipeError
-    from compressor.workflows import parse_config
+    from compressor.training import parse_config
 
     fields: dict[str, Any] = {"student": student, "width": width, "init": init}
     if config_text:

@@ -15,20 +15,24 @@ from compressor.export import (
 )
 from compressor.export.onnx import (
     EXPORTERS,
+    Exporter,
     ExportSpec,
     export_model,
     graph_inputs,
     parity,
     register_exporter,
+    register_folder_exporter,
     spec_of,
 )
 
 __all__ = [
     "EXPORTERS",
     "ExportSpec",
+    "Exporter",
     "export_model",
     "graph_inputs",
     "parity",
     "register_exporter",
+    "register_folder_exporter",
     "spec_of",
 ]

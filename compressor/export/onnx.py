@@ -1,9 +1,12 @@
 """Export a CodecAdapter: one ONNX graph per component, entropy tables, manifest.json.
 
-What a family must provide is an `ExportSpec` (its graphs as torch modules, its entropy
-tables, its kind); `register_exporter(family)` adds the hook. Everything else (rewrites,
-ONNX export with dynamic height/width, checker, parity against torch, hashes, manifest) is
-shared here. The runtime (compressor.runtime) reads what this writes.
+EXPORTERS holds one `Exporter` per model family (the adapter's `family`). Most families
+give an `ExportSpec` (their graphs as torch modules, their entropy tables, their kind;
+`register_exporter(family)`), and everything else (rewrites, ONNX export with dynamic
+height/width, checker, parity against torch, hashes, manifest) is shared here. A family whose
+graphs are not one tensor in, one out (rnn: recurrent steps with states) writes its whole
+folder itself (`register_folder_exporter(family)`). The runtime (compressor.runtime) reads
+what either writes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from compressor.errors import CheckpointError, RecipeError
 from compressor.export import rewrites
 from compressor.fsutil import atomic_dir
 from compressor.models.base import CodecAdapter
+from compressor.registry import Registry
 from compressor.runtime import manifest as mf
 
 log = logging.getLogger(__name__)
@@ -45,26 +49,54 @@ class ExportSpec:
 
 
 Hook = Callable[[CodecAdapter], ExportSpec]
-EXPORTERS: dict[str, Hook] = {}
-#: families whose graphs are not one tensor in, one out (rnn: recurrent steps with states)
-#: write their whole folder; export_model(model, out_dir, **options) hands over to them
-FOLDER_EXPORTERS: dict[str, Callable[..., Path]] = {}
+#: (model, out_dir, *, rewrite, opset, overwrite) -> out_dir
+FolderHook = Callable[..., Path]
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """How a family exports: `spec` gives the graphs and tables export_model writes;
+    `folder` writes the whole export folder itself (exactly one of the two is set)."""
+
+    spec: Hook | None = None
+    folder: FolderHook | None = None
+
+
+EXPORTERS: Registry[Exporter] = Registry("exporter of model family")
 
 
 def register_exporter(family: str) -> Callable[[Hook], Hook]:
     def add(hook: Hook) -> Hook:
-        EXPORTERS[family] = hook
+        EXPORTERS.add(family, Exporter(spec=hook))
         return hook
 
     return add
 
 
-def spec_of(model: CodecAdapter) -> ExportSpec:
-    hook = EXPORTERS.get(model.family)
-    if hook is None:
+def register_folder_exporter(family: str) -> Callable[[FolderHook], FolderHook]:
+    def add(hook: FolderHook) -> FolderHook:
+        EXPORTERS.add(family, Exporter(folder=hook))
+        return hook
+
+    return add
+
+
+def exporter_of(model: CodecAdapter) -> Exporter:
+    if model.family not in EXPORTERS:
         raise CheckpointError(
             f"model family {model.family!r} ({model.arch}) has no ONNX exporter; families "
-            f"with one: {', '.join(sorted(EXPORTERS))}"
+            f"with one: {', '.join(EXPORTERS.names())}"
+        )
+    return EXPORTERS.get(model.family)
+
+
+def spec_of(model: CodecAdapter) -> ExportSpec:
+    """The graphs and tables of a spec-exporting family (all but the folder-writing ones)."""
+    hook = exporter_of(model).spec
+    if hook is None:
+        raise CheckpointError(
+            f"model family {model.family!r} ({model.arch}) exports its own folder layout, "
+            "not one graph per component; use export_model"
         )
     spec = hook(model)
     if spec.kind not in mf.KINDS or set(spec.graphs) != set(mf.GRAPHS[spec.kind]):
@@ -157,10 +189,9 @@ def export_model(
     """Write the export folder of `model` (atomically) and return it."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise RecipeError(f"opset {opset} is not supported; allowed: {MIN_OPSET}..{MAX_OPSET}")
-    if model.family in FOLDER_EXPORTERS:
-        return FOLDER_EXPORTERS[model.family](
-            model, out_dir, rewrite=rewrite, opset=opset, overwrite=overwrite
-        )
+    folder_hook = exporter_of(model).folder
+    if folder_hook is not None:
+        return folder_hook(model, out_dir, rewrite=rewrite, opset=opset, overwrite=overwrite)
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise RecipeError(f"export folder {out_dir} exists; choose another or allow overwrite")

@@ -6,18 +6,15 @@
 The codec loops them (x_hat starts at 0.5; residual = x - x_hat; x_hat += increment), so the
 CompressAI-shaped path of export_model (one single-tensor graph per component, entropy
 tables, kinds factorized/hyperprior) does not fit: this module writes the whole folder itself
-(`FOLDER_EXPORTERS["rnn"]`), with the same manifest.json format under a new kind "rnn".
-The manifest records the state strides, so the ORT codec below needs only the folder. The
-deployable runtime (compressor.runtime) does not decode kind "rnn": `RnnOrtCodec` here is
-its ONNX Runtime codec (numpy + onnxruntime in the loop; it lives beside the torch exporter).
-`quantize_rnn` runs the ort-static quantizer (compressor.quant.ort_static) on both graphs.
+(a folder exporter in EXPORTERS), with the same manifest.json format under kind "rnn". The
+manifest records the iterations and the state strides, so the runtime's codec of this kind
+(compressor.runtime.rnn.RnnOrtCodec, loaded by compressor.runtime.load_codec) needs only the
+folder; the ort-static quantizer (compressor.quant) quantizes both step graphs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,36 +25,23 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from compressor import bitstream
 from compressor.artifact import versions
 from compressor.errors import CheckpointError, RecipeError
 from compressor.export.onnx import (
-    FOLDER_EXPORTERS,
     MAX_OPSET,
     MIN_OPSET,
     PARITY_TOL,
     example_image,
+    register_folder_exporter,
 )
 from compressor.fsutil import atomic_dir
 from compressor.models.base import CodecAdapter
-from compressor.models.rnn import (
-    Decoder,
-    Encoder,
-    RnnAdapter,
-    binarize,
-    pack_codes,
-    unpack_codes,
-    zero_states,
-)
-from compressor.quant.config import QuantParams
-from compressor.runtime import image
+from compressor.models.rnn import Decoder, Encoder, RnnAdapter, binarize, zero_states
 from compressor.runtime import manifest as mf
 from compressor.runtime.codec import session_options
+from compressor.runtime.rnn import GRAPHS, KIND
 
 log = logging.getLogger(__name__)
-
-KIND = "rnn"
-GRAPHS = ("encoder_step", "decoder_step")
 
 
 class EncoderStep(nn.Module):
@@ -166,6 +150,7 @@ def step_parity(model: RnnAdapter, folder: Path, images: list[torch.Tensor]) -> 
     return worst
 
 
+@register_folder_exporter("rnn")
 def export_rnn(
     model: CodecAdapter,
     out_dir: Path,
@@ -215,109 +200,3 @@ def export_rnn(
         manifest.write(tmp)
     log.info("exported %s (rnn steps) to %s, id %s", model.arch, out_dir, manifest.model_id)
     return out_dir
-
-
-FOLDER_EXPORTERS["rnn"] = export_rnn
-
-
-class RnnOrtCodec:
-    """The Codec protocol over an rnn export folder: ONNX Runtime runs the step loop. Its
-    bitstream is TorchCodec's (height, width varints + the packed codes)."""
-
-    def __init__(self, folder: Path, threads: int | None = 1, name: str | None = None) -> None:
-        folder = Path(folder)
-        data = json.loads((folder / mf.MANIFEST).read_text(encoding="utf-8"))
-        if data.get("kind") != KIND:
-            raise CheckpointError(f"{folder} is not an rnn export (kind {data.get('kind')!r})")
-        for fname, digest in data["files"].items():
-            if mf.file_sha256(folder / fname) != digest:
-                raise CheckpointError(f"{folder}: {fname} differs from the manifest's hash")
-        opts = session_options(threads)
-        self.sessions = {
-            g: ort.InferenceSession(
-                str(folder / f"{g}.onnx"), opts, providers=["CPUExecutionProvider"]
-            )
-            for g in GRAPHS
-        }
-        self.strides: dict[str, list[int]] = data["input_strides"]
-        self.iterations = int(data["iterations"])
-        self.bits = int(data["latents"]["bits"]["channels"])
-        self.name = name or f"onnx:{folder.name}"
-        self.record: dict[str, list[dict[str, np.ndarray]]] | None = None  # calibration taps
-
-    def zeros(self, graph: str, h: int, w: int) -> list[np.ndarray]:
-        ins = self.sessions[graph].get_inputs()[1:]
-        return [
-            np.zeros((1, int(i.shape[1]), h // s, w // s), np.float32)
-            for i, s in zip(ins, self.strides[graph][1:], strict=True)
-        ]
-
-    def _step(self, graph: str, first: np.ndarray, states: list[np.ndarray]) -> list[np.ndarray]:
-        sess = self.sessions[graph]
-        feed = {i.name: a for i, a in zip(sess.get_inputs(), [first, *states], strict=True)}
-        if self.record is not None:
-            self.record[graph].append(feed)
-        return list(sess.run(None, feed))
-
-    def decode_codes(self, codes: np.ndarray) -> np.ndarray:
-        _, _, h, w = codes.shape
-        dec = self.zeros("decoder_step", 16 * h, 16 * w)
-        x_hat = np.full((1, 3, 16 * h, 16 * w), 0.5, np.float32)
-        for b in codes:
-            inc, *dec = self._step("decoder_step", np.ascontiguousarray(b[None]), dec)
-            x_hat = x_hat + inc
-        return x_hat
-
-    def encode(self, rgb8: np.ndarray) -> bytes:
-        h, w = rgb8.shape[:2]
-        pad = image.padding(h, w, 16)
-        x = image.to_input(image.check_rgb8(rgb8), pad)
-        enc = self.zeros("encoder_step", *x.shape[2:])
-        dec = self.zeros("decoder_step", *x.shape[2:])
-        x_hat = np.full_like(x, 0.5)
-        codes = []
-        for _ in range(self.iterations):
-            b, *enc = self._step("encoder_step", x - x_hat, enc)
-            inc, *dec = self._step("decoder_step", b, dec)
-            x_hat = x_hat + inc
-            codes.append(b[0])
-        payload = pack_codes(np.stack(codes))
-        return bitstream.write_varint(h) + bitstream.write_varint(w) + payload
-
-    def decode(self, data: bytes) -> np.ndarray:
-        h, pos = bitstream.read_varint(data, 0)
-        w, pos = bitstream.read_varint(data, pos)
-        x_hat = self.decode_codes(unpack_codes(data[pos:], self.bits))
-        return image.from_output(x_hat, image.padding(h, w, 16))
-
-
-def quantize_rnn(
-    src: Path, out: Path, images: list[np.ndarray], params: QuantParams | None = None
-) -> dict[str, Any]:
-    """INT8 (QDQ, Conv only) copies of both step graphs, calibrated on the inputs each step
-    sees while the float export encodes `images` (training images, never the test set)."""
-    from compressor.quant import ort_static
-    from compressor.quant.calib import centre_crop
-
-    params = params or QuantParams()
-    codec = RnnOrtCodec(src)
-    codec.record = {g: [] for g in GRAPHS}
-    for rgb8 in images[: params.calibration.images]:
-        codec.encode(centre_crop(rgb8, params.calibration.crop))
-    calib = codec.record
-    src = Path(src)
-    with tempfile.TemporaryDirectory(prefix="quant.") as t, atomic_dir(Path(out)) as tmp:
-        work = Path(t)
-        for g in GRAPHS:
-            source, note = ort_static.preprocess(src / f"{g}.onnx", work / f"{g}.float.onnx")
-            job = ort_static.GraphJob(g, source, calib[g], work / f"{g}.ranges.json")
-            job.preprocess_note = note
-            ort_static.quantize_graph(job, params, tmp / f"{g}.onnx")
-        data = json.loads((src / mf.MANIFEST).read_text(encoding="utf-8"))
-        source_id = data.get("model_id")
-        data["files"] = mf.hash_files(tmp, [f"{g}.onnx" for g in GRAPHS])
-        data["model_id"] = mf.model_id_of(KIND, data["files"])
-        data["quantization"] = {"backend": "ort-static", "source_model_id": source_id,
-                                "params": params.model_dump(mode="json")}  # fmt: skip
-        (tmp / mf.MANIFEST).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return {"graphs": list(GRAPHS), "calibration_calls": {g: len(calib[g]) for g in GRAPHS}}

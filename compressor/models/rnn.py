@@ -13,27 +13,25 @@ which is what the packed bitstream costs).
 
 Config: N (base width; Toderici: 64 -> encoder 64/256/512/512, decoder 512/512/512/256/128),
 M (bits per position; Toderici: 32), iterations (used by compress; 1..MAX_ITERATIONS), and
-`widths` once structured pruning narrowed layers. Pruning is the family's own
-(`prune_structured`): a ConvLSTM's gate convolution has 4*hidden outputs, and a hidden channel
-is the same index in all four gate blocks, the recurrent conv's inputs and (through the
-PixelShuffle, in groups of 4) the next layer's inputs; torch-pruning's one-step trace sees the
-state as an outside input and cannot couple it.
+`widths` once structured pruning narrowed layers. Structured pruning is the family's own
+(compressor.prune.rnn): torch-pruning's one-step trace sees the recurrent state as an outside
+input and cannot couple a ConvLSTM's gate blocks.
+
+The packed code bits are compressor.runtime.rnn's format (numpy only), so this torch codec
+and the deployable ONNX Runtime codec there read and write the same codes.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from compressor import bitstream
-from compressor.errors import BitstreamError, CheckpointError, RecipeError
+from compressor.errors import CheckpointError, RecipeError
 from compressor.models.base import MODELS, CodecAdapter, RDOutput
+from compressor.runtime.rnn import MAX_ITERATIONS, check_iterations, pack_codes, unpack_codes
 
-MAX_ITERATIONS = 32
 DEFAULT_ITERATIONS = 8
 #: Toderici et al. 2017's widths (N=64) and bits; SMALL is what is trained and tested here
 FULL_CONFIG: dict[str, int] = {"N": 64, "M": 32, "iterations": 16}
@@ -177,12 +175,6 @@ class RnnNet(nn.Module):
         return x_hat
 
 
-def check_iterations(value: Any, what: str = "iterations") -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ITERATIONS:
-        raise RecipeError(f"{what} {value!r} is out of range; allowed: 1..{MAX_ITERATIONS}")
-    return value
-
-
 def _widths(config: dict[str, Any]) -> dict[str, list[int]]:
     widths = config.get("widths") or default_widths(config["N"])
     ok = (
@@ -285,140 +277,6 @@ class RnnAdapter(CodecAdapter):
     def decompress(self, data: bytes) -> torch.Tensor:
         codes = unpack_codes(data, int(self.config["M"]))
         return self.rnet.decode(torch.from_numpy(codes)[:, None]).clamp(0, 1)
-
-    def prune_structured(self, params: Any) -> dict[str, Any]:
-        """Structured pruning of encoder / decoder (compressor.prune calls this hook)."""
-        return prune_rnn(self, params)
-
-
-def pack_codes(codes: np.ndarray) -> bytes:
-    """iterations x M x h x w of +-1 -> header [iterations, M, h, w] + np.packbits of b > 0."""
-    k, m, h, w = codes.shape
-    return bitstream.pack([np.packbits(codes.reshape(-1) > 0).tobytes()], [k, m, h, w])
-
-
-def unpack_codes(data: bytes, bits: int) -> np.ndarray:
-    """The +-1 codes (float32) of pack_codes' bytes, every header field checked."""
-    strings, ints = bitstream.unpack(data)
-    if len(ints) != 4 or len(strings) != 1:
-        raise BitstreamError("not an rnn bitstream (header needs iterations, bits, height, width)")
-    k, m, h, w = ints
-    check_iterations(k, "bitstream iterations")
-    if m != bits or not 1 <= h <= 4096 or not 1 <= w <= 4096:
-        raise BitstreamError(
-            f"bitstream of {m} bits x {h}x{w} positions does not fit this model ({bits} bits)"
-        )
-    n = k * m * h * w
-    if len(strings[0]) != math.ceil(n / 8):
-        raise BitstreamError(f"bitstream holds {len(strings[0])} code bytes, expected {n / 8:g}")
-    flat = np.unpackbits(np.frombuffer(strings[0], np.uint8), count=n)
-    return (flat.astype(np.float32) * 2 - 1).reshape(k, m, h, w)
-
-
-def _chain(module: Encoder | Decoder) -> tuple[list[nn.Module], nn.Conv2d, int]:
-    """(producers in order, the last consumer, channels per next-layer input after a layer):
-    a decoder cell feeds a PixelShuffle(2), so its hidden channels go in blocks of 4."""
-    if isinstance(module, Encoder):
-        return [module.conv, *module.cells()], module.binarizer, 1
-    return [module.conv1, *module.cells()], module.conv2, 4
-
-
-def width_of(layer: nn.Module) -> int:
-    """Output channels of a plain conv, hidden channels of a ConvLSTM."""
-    if isinstance(layer, ConvLSTM):
-        return layer.hidden
-    assert isinstance(layer, nn.Conv2d)
-    return layer.out_channels
-
-
-def _keep(conv: nn.Conv2d, rows: torch.Tensor | None, cols: torch.Tensor | None) -> None:
-    w = conv.weight.data
-    w = w if rows is None else w[rows]
-    w = w if cols is None else w[:, cols]
-    conv.weight = nn.Parameter(w.clone())
-    if rows is not None and conv.bias is not None:
-        conv.bias = nn.Parameter(conv.bias.data[rows].clone())
-    conv.out_channels, conv.in_channels = w.shape[0], w.shape[1]
-
-
-def _unit_scores(
-    layer: nn.Module, group: int, criterion: str, gen: torch.Generator
-) -> torch.Tensor:
-    """Importance of each unit (a hidden channel, or a block of `group` before a shuffle)."""
-    p = 2 if criterion == "l2" else 1
-    if isinstance(layer, ConvLSTM):  # a hidden channel owns one row in each of the 4 gates
-        rows = layer.ih.weight.abs().pow(p).sum((1, 2, 3)) + layer.hh.weight.abs().pow(p).sum(
-            (1, 2, 3)
-        )
-        per_channel = rows.view(4, -1).sum(0)
-    else:
-        assert isinstance(layer, nn.Conv2d)
-        per_channel = layer.weight.abs().pow(p).sum((1, 2, 3))
-    units = per_channel.view(-1, group).sum(1)
-    return torch.rand(units.shape, generator=gen) if criterion == "random" else units
-
-
-def _cut(layer: nn.Module, consumer: nn.Module, units: torch.Tensor, group: int) -> None:
-    units = units.sort().values
-    idx = (units[:, None] * group + torch.arange(group)).reshape(-1)
-    if isinstance(layer, ConvLSTM):
-        hidden = layer.hidden
-        rows = torch.cat([idx + k * hidden for k in range(4)])
-        _keep(layer.ih, rows, None)
-        _keep(layer.hh, rows, idx)
-    else:
-        assert isinstance(layer, nn.Conv2d)
-        _keep(layer, idx, None)
-    target = consumer.ih if isinstance(consumer, ConvLSTM) else consumer
-    assert isinstance(target, nn.Conv2d)
-    _keep(target, None, units)
-
-
-def prune_rnn(model: RnnAdapter, params: Any) -> dict[str, Any]:
-    """Remove the lowest-ranked channels of every layer of each component with a ratio."""
-    from compressor.prune.structured import component_ratios, kept_channels, step_keep
-
-    if params.importance == "taylor" or any(k in params.ratio for k in ("latent", "hyper_latent")):
-        raise RecipeError(
-            "rnn structured pruning supports importance l1, l2 or random and the components "
-            "encoder, decoder (all); the M code bits are the bitstream's format, not prunable"
-        )
-    gen = torch.Generator().manual_seed(params.seed)
-    layers = []
-    for name, ratio in component_ratios(model, params).items():
-        module = model.components()[name]
-        assert isinstance(module, Encoder | Decoder)
-        producers, last, shuffle = _chain(module)
-        names = ENC_LAYERS if isinstance(module, Encoder) else DEC_LAYERS
-        for i, layer in enumerate(producers):
-            group = 1 if isinstance(layer, nn.Conv2d) else shuffle
-            consumer = producers[i + 1] if i + 1 < len(producers) else last
-            n = width_of(layer)
-            step = math.lcm(params.round_to, group)
-            keep = kept_channels(n, ratio, step, f"{name} layer {names[i]}")
-            for s in range(1, params.iterative_steps + 1):
-                width = step_keep(n, keep, s, params.iterative_steps, step) // group
-                scores = _unit_scores(layer, group, params.importance, gen)
-                if width < scores.numel():
-                    _cut(layer, consumer, torch.argsort(scores, descending=True)[:width], group)
-            layers.append(
-                {
-                    "component": name,
-                    "layer": f"{name}.{names[i]}",
-                    "channels_before": n,
-                    "channels_after": keep,
-                }
-            )
-    widths = {
-        "encoder": [model.rnet.encoder.conv.out_channels]
-        + [c.hidden for c in model.rnet.encoder.cells()],
-        "decoder": [model.rnet.decoder.conv1.out_channels]
-        + [c.hidden for c in model.rnet.decoder.cells()],
-    }
-    base = {k: v for k, v in model.config.items() if k != "widths"}
-    changed = widths != default_widths(int(base["N"]))
-    model.config = {**base, **({"widths": widths} if changed else {})}
-    return {"layers": layers, "widths": widths if changed else {}}
 
 
 MODELS.add("rnn", RnnAdapter)

@@ -19,7 +19,9 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from compressor.metrics.psnr import psnr
 from compressor.runtime import image, load_codec
+from compressor.runtime import manifest as mf
 from compressor.runtime.codec import OrtCodec, session_options
+from compressor.runtime.rnn import RnnOrtCodec
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,31 @@ def graph_inputs(codec: OrtCodec, rgb8: np.ndarray) -> dict[str, np.ndarray]:
 
 def calibration_inputs(
     codec: OrtCodec, images: list[np.ndarray], graphs: list[str]
-) -> dict[str, list[np.ndarray]]:
-    out: dict[str, list[np.ndarray]] = {g: [] for g in graphs}
+) -> dict[str, list[Any]]:
+    """Per graph, its inputs while `codec` encodes each image: one array per image, or for a
+    recurrent (rnn) export one {input name: array} feed per call of each step graph."""
+    if isinstance(codec, RnnOrtCodec):
+        return step_feeds(codec, images, graphs)
+    out: dict[str, list[Any]] = {g: [] for g in graphs}
     for rgb8 in images:
         inputs = graph_inputs(codec, rgb8)
         for g in graphs:
             out[g].append(inputs[g])
     return out
+
+
+def step_feeds(
+    codec: RnnOrtCodec, images: list[np.ndarray], graphs: list[str]
+) -> dict[str, list[Any]]:
+    """Every feed of each step graph while the float rnn codec encodes the images (the
+    states differ from iteration to iteration, so each call is a calibration sample)."""
+    codec.record = {g: [] for g in mf.GRAPHS[codec.kind]}
+    try:
+        for rgb8 in images:
+            codec.encode(rgb8)
+        return {g: codec.record[g] for g in graphs}
+    finally:
+        codec.record = None
 
 
 class ListReader(CalibrationDataReader):

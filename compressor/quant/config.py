@@ -16,6 +16,8 @@ COMPONENTS = {
     "hyper_decoder": "h_s",
     "generator": "g_s",  # hific's decoder
 }
+#: export kinds whose graphs are not COMPONENTS' (rnn: the encoder and decoder step graphs)
+KIND_COMPONENTS = {"rnn": {"encoder": "encoder_step", "decoder": "decoder_step"}}
 #: keep-in-float rules, applied to every quantized component
 RULES = {
     "first": "the first convolution of the graph (it sees raw pixels or the latent)",
@@ -133,5 +135,12 @@ class QuantParams(BaseModel):
             )
         return self
 
-    def graphs(self) -> list[str]:
-        return [COMPONENTS[c] for c in self.components]
+    def graphs(self, kind: str | None = None) -> list[str]:
+        """The graphs the components name in an export of `kind` (None: COMPONENTS')."""
+        names = component_graphs(kind)
+        return [names.get(c, COMPONENTS[c]) for c in self.components]
+
+
+def component_graphs(kind: str | None) -> dict[str, str]:
+    """Component -> graph name in an export of this manifest kind."""
+    return KIND_COMPONENTS.get(kind or "", COMPONENTS)

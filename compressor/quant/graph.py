@@ -92,12 +92,17 @@ def rule_nodes(model: onnx.ModelProto, rule: str) -> list[str]:
     return [main[0]] if rule == "first" else [main[-1]]
 
 
-def resolve_keep_float(entries: list[str], models: dict[str, onnx.ModelProto]) -> dict[str, set]:
-    """graph -> Conv node names to keep in float; an unknown node name is a RecipeError."""
+def resolve_keep_float(
+    entries: list[str],
+    models: dict[str, onnx.ModelProto],
+    components: dict[str, str] = COMPONENTS,
+) -> dict[str, set]:
+    """graph -> Conv node names to keep in float; an unknown node name is a RecipeError.
+    `components`: component -> graph name in this export's kind."""
     keep: dict[str, set] = {g: set() for g in models}
     for entry in entries:
         comp, sep, what = entry.partition(":")
-        targets = [COMPONENTS[comp]] if sep else list(models)
+        targets = [components.get(comp, COMPONENTS[comp])] if sep else list(models)
         what = what if sep else entry
         for graph in targets:
             if graph not in models:

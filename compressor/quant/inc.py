@@ -36,7 +36,7 @@ from torch import nn
 
 from compressor.quant import calib, ort_static, overrides, torch_src
 from compressor.quant.config import QuantParams
-from compressor.quant.workflow import check_source
+from compressor.quant.folder import check_source
 from compressor.runtime import manifest as mf
 
 log = logging.getLogger(__name__)

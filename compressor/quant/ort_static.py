@@ -19,17 +19,17 @@ import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from compressor.quant import graph as qg
 from compressor.quant.calib import ListReader
-from compressor.quant.config import QuantParams
+from compressor.quant.config import QuantParams, component_graphs
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,51 @@ class GraphJob:
         return qg.load(self.source)
 
 
+class _DropPreprocessAdvice(logging.Filter):
+    """ORT's quantize_static logs "Please consider (to run) pre-processing before
+    quantization" with a URL, twice per graph, on the root logger, whenever the graph lacks
+    its pre-processing tag. We pre-process (or log once, ourselves, why it was skipped), so
+    the advice is noise in the user's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider")
+
+
+@contextlib.contextmanager
+def ort_advice_silenced() -> Iterator[None]:
+    """Drop ORT's pre-processing advice while ORT quantization code runs. The root logger
+    gets a NullHandler meanwhile if it has none: logging.warning() on an unconfigured root
+    would call basicConfig() and print every later record of the process to stderr."""
+    root = logging.getLogger()
+    advice = _DropPreprocessAdvice()
+    guard = None if root.handlers else logging.NullHandler()
+    root.addFilter(advice)
+    if guard is not None:
+        root.addHandler(guard)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+        if guard is not None:
+            root.removeHandler(guard)
+
+
 def preprocess(src: Path, dst: Path) -> tuple[Path, str]:
     """ORT's quant_pre_process (shape inference + graph cleanup); on failure the original."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    # absolute before the chdir below: a relative path (recipes always give one) would be
+    # resolved against the scratch directory, and pre-processing would never run
+    src, dst = Path(src).resolve(), Path(dst).resolve()
     try:
         # when its symbolic shape inference gives up, ORT dumps sym_shape_infer_temp.onnx and
         # its external data into the working directory: let it, in a throwaway one
-        with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
-            quant_pre_process(str(src.resolve()), str(dst.resolve()))
+        with (
+            tempfile.TemporaryDirectory() as scratch,
+            contextlib.chdir(scratch),
+            ort_advice_silenced(),
+        ):
+            quant_pre_process(str(src), str(dst))
         before, after = qg.conv_names(qg.load(src)), qg.conv_names(qg.load(dst))
         if before != after:  # node names are the user's handle for keep_float: keep them
             raise ValueError("it renamed Conv nodes")
@@ -93,6 +129,20 @@ def quantize_graph(
     extra: dict[str, Any] = {"TensorQuantOverrides": overrides} if overrides else {}
     if cal.method == "percentile":
         extra["CalibPercentile"] = cal.percentile
+    with ort_advice_silenced():
+        _quantize_static(job, params, dst, keep, only, extra)
+    return dst
+
+
+def _quantize_static(
+    job: GraphJob,
+    params: QuantParams,
+    dst: Path,
+    keep: set[str] | None,
+    only: list[str] | None,
+    extra: dict[str, Any],
+) -> None:
+    cal = params.calibration
     quantize_static(
         str(job.source),
         str(dst),
@@ -108,15 +158,19 @@ def quantize_graph(
         extra_options=extra,
         calibration_cache_path=str(job.cache),
     )
-    return dst
 
 
 def prepare_jobs(
-    folder: Path, params: QuantParams, inputs: dict[str, list[np.ndarray]], work: Path
+    folder: Path,
+    params: QuantParams,
+    inputs: dict[str, list[Any]],
+    work: Path,
+    kind: str | None = None,
 ) -> dict[str, GraphJob]:
-    """Pre-process each graph and resolve keep_float against it (unknown names fail here)."""
+    """Pre-process each graph and resolve keep_float against it (unknown names fail here).
+    `kind`: the export's manifest kind, which names the graphs of the components."""
     jobs = {}
-    for name in params.graphs():
+    for name in params.graphs(kind):
         src = folder / f"{name}.onnx"
         dst = work / f"{name}.float.onnx"
         if params.preprocess:
@@ -126,7 +180,8 @@ def prepare_jobs(
             note = "not requested"
         jobs[name] = GraphJob(name, dst, inputs[name], work / f"{name}.ranges.json")
         jobs[name].preprocess_note = note
-    keep = qg.resolve_keep_float(params.keep_float, {n: j.model() for n, j in jobs.items()})
+    models = {n: j.model() for n, j in jobs.items()}
+    keep = qg.resolve_keep_float(params.keep_float, models, component_graphs(kind))
     for name, job in jobs.items():
         job.keep = keep[name]
     return jobs

@@ -21,8 +21,8 @@ from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax
 
 from compressor.quant import calib, ort_static
 from compressor.quant.config import QuantParams
+from compressor.quant.folder import write_folder
 from compressor.quant.ort_static import GraphJob
-from compressor.quant.workflow import write_folder
 from compressor.runtime import manifest as mf
 
 log = logging.getLogger(__name__)

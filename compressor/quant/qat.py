@@ -39,8 +39,8 @@ from compressor.quant import calib, ort_static, overrides, torch_src
 from compressor.quant.config import QuantParams
 from compressor.quant.fakequant import Scheme, wrap
 from compressor.quant.fakequant import strip as strip_wrappers
+from compressor.quant.folder import check_source
 from compressor.quant.qat_params import QatParams
-from compressor.quant.workflow import check_source
 from compressor.runtime import load_codec
 from compressor.runtime import manifest as mf
 from compressor.train import TrainConfig, rd_loss, split_images, train, trained_lambda

@@ -202,6 +202,10 @@ class OrtCodec:
 
 def load_codec(folder: Path, provider: str = "cpu", threads: int | None = None) -> OrtCodec:
     """The runtime codec of an export folder (or of a pipeline step folder holding one)."""
+    if mf.read(mf.locate(Path(folder))).kind == "rnn":  # a loop of recurrent step graphs
+        from compressor.runtime.rnn import RnnOrtCodec
+
+        return RnnOrtCodec(Path(folder), provider=provider, threads=threads)
     return OrtCodec(Path(folder), provider=provider, threads=threads)
 
 

@@ -23,13 +23,23 @@ MANIFEST = "manifest.json"
 TABLES = "entropy.npz"
 MAX_CHANNELS = 4096
 #: the entropy-model layouts the runtime decodes; the manifest's "kind"
-KINDS = ("factorized", "scale-hyperprior", "mean-scale-hyperprior")
+KINDS = ("factorized", "scale-hyperprior", "mean-scale-hyperprior", "rnn")
 #: graphs each kind needs, in run order on the encoder side
 GRAPHS = {
     "factorized": ("g_a", "g_s"),
     "scale-hyperprior": ("g_a", "h_a", "h_s", "g_s"),
     "mean-scale-hyperprior": ("g_a", "h_a", "h_s", "g_s"),
+    "rnn": ("encoder_step", "decoder_step"),  # recurrent steps (compressor.runtime.rnn)
 }
+#: latents each kind's manifest describes (rnn: the code bits, one bit each)
+LATENTS = {
+    "factorized": ("y",),
+    "scale-hyperprior": ("y", "z"),
+    "mean-scale-hyperprior": ("y", "z"),
+    "rnn": ("bits",),
+}
+#: kinds whose codes are stored as they are, without entropy tables
+NO_TABLES = ("rnn",)
 
 
 def file_sha256(path: Path) -> str:
@@ -114,7 +124,7 @@ def read(folder: Path) -> Manifest:
             f"supported: {', '.join(KINDS)}"
         )
     latents = _field(data, "latents", dict, folder)
-    needed = ("y", "z") if kind != "factorized" else ("y",)
+    needed = LATENTS[kind]
     for name in needed:
         entry = latents.get(name)
         if not (isinstance(entry, dict) and _positive_ints(entry, ("channels", "stride"))):
@@ -150,7 +160,8 @@ def read(folder: Path) -> Manifest:
 def verify(folder: Path, manifest: Manifest) -> None:
     """Every file the manifest lists exists with its hash, and the id matches the files."""
     folder = Path(folder)
-    needed = [f"{g}.onnx" for g in GRAPHS[manifest.kind]] + [TABLES]
+    needed = [f"{g}.onnx" for g in GRAPHS[manifest.kind]]
+    needed += [] if manifest.kind in NO_TABLES else [TABLES]
     missing = [n for n in needed if n not in manifest.files]
     if missing:
         raise CheckpointError(

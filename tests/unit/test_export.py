@@ -134,3 +134,23 @@ def test_cli_export(tiny_ckpt: Path, tmp_path: Path) -> None:
         main, ["export", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x")]
     )
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_exporters_are_one_registry_keyed_by_family() -> None:
+    from compressor.export import EXPORTERS
+    from compressor.export.rnn import export_rnn
+    from compressor.models import MODELS
+
+    families = {MODELS.get(a).family for a in MODELS.names()}
+    # every family but mimic (a training wrapper, exported as the model it mimics) exports
+    assert EXPORTERS.names() == ["autoencoder", "compressai", "hific", "jpeg", "rnn"]
+    assert set(EXPORTERS.names()) <= families
+    rnn = EXPORTERS.get("rnn")
+    assert rnn.folder is export_rnn and rnn.spec is None
+    zoo = EXPORTERS.get("compressai")
+    assert zoo.spec is not None and zoo.folder is None
+    rnn_model = MODELS.get("rnn").build("rnn", {"N": 8, "M": 12, "iterations": 2})
+    with pytest.raises(CheckpointError, match="exports its own folder layout"):
+        spec_of(rnn_model)
+    with pytest.raises(ValueError, match="registered twice"):
+        export_onnx.register_exporter("rnn")(lambda m: spec_of(m))

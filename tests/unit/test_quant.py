@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from compressor.errors import BitstreamError, RecipeError
 from compressor.export import export_model
-from compressor.quant import QUANTIZERS, QuantParams
+from compressor.quant import QUANTIZERS, QuantParams, ort_static
 from compressor.quant import graph as qg
 from compressor.runtime import load_codec
 from compressor.runtime import manifest as mf
@@ -152,6 +153,38 @@ def test_accuracy_met_at_once_keeps_nothing(float_export: Path, tmp_path: Path) 
     report = quantize(float_export, tmp_path / "q", accuracy={"max_psnr_drop_db": 5.0})
     assert report["accuracy_aware"]["met"] is True and report["accuracy_aware"]["kept"] == []
     assert report["sensitivity"] is None  # not needed, not computed
+
+
+def test_preprocessing_runs_for_a_relative_source_path(
+    float_export: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Recipes give relative paths; pre-processing changes into a scratch directory, so a
+    path resolved only after that pointed nowhere and pre-processing silently never ran."""
+    monkeypatch.chdir(float_export.parent)
+    with caplog.at_level(logging.WARNING):
+        report = quantize(Path(float_export.name), tmp_path / "q")
+    assert [g["preprocess"] for g in report["graphs"]] == ["done", "done"]
+    assert "skipped" not in caplog.text
+    assert "Please consider" not in caplog.text  # ORT's advice: the graphs are pre-processed
+    # ORT tags what its pre-processing wrote; the quantized graphs carry the tag on
+    props = {p.key for p in onnx.load(tmp_path / "q" / "g_a.onnx").metadata_props}
+    assert "onnx.quant.pre_process" in props
+
+
+def test_ort_preprocessing_advice_is_silenced(
+    float_export: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without pre-processing ORT logs "Please consider pre-processing" (with a URL) twice
+    per graph on the root logger; the user sees our progress and summary instead."""
+    with caplog.at_level(logging.WARNING):
+        report = quantize(float_export, tmp_path / "q", preprocess=False)
+    assert [g["preprocess"] for g in report["graphs"]] == ["not requested"] * 2
+    assert "Please consider" not in caplog.text
+    root = logging.getLogger()
+    assert not any(isinstance(f, ort_static._DropPreprocessAdvice) for f in root.filters)
 
 
 def test_calibration_inputs_match_the_codec(float_export: Path) -> None:

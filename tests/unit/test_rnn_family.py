@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 from pathlib import Path
@@ -14,12 +15,15 @@ from compressor import bitstream, checkpoint
 from compressor.codec import TorchCodec
 from compressor.errors import BitstreamError, CheckpointError, RecipeError
 from compressor.export import export_model
-from compressor.export.rnn import RnnOrtCodec
 from compressor.models import MODELS
 from compressor.models.rnn import RnnAdapter
-from compressor.prune import PruneParams, prune_model
+from compressor.prune import FAMILY_PRUNERS, PruneParams, prune_model
+from compressor.quant import QUANTIZERS, QuantParams
+from compressor.runtime import container, load_codec, read_rgb8
+from compressor.runtime import manifest as mf
+from compressor.runtime.rnn import RnnOrtCodec
 from compressor.train import rd_loss
-from tests.conftest import smooth_image
+from tests.conftest import smooth_image, write_images
 
 
 def build(seed: int = 0, **config: int) -> RnnAdapter:
@@ -115,20 +119,87 @@ def test_bad_iterations_and_streams_are_refused() -> None:
         build(M=16).decompress(data)
 
 
-def test_export_parity_and_ort_bitstream(tmp_path: Path) -> None:
+def exported(tmp_path: Path) -> tuple[RnnAdapter, Path]:
     model = build()
     torch.nn.init.normal_(model.rnet.decoder.conv2.weight, std=0.2)  # non-zero increments
-    folder = export_model(model, tmp_path / "rnn")
+    return model, export_model(model, tmp_path / "rnn")
+
+
+def torch_payload(data: bytes) -> bytes:
+    """TorchCodec's stream less its image size (2 varints): the packed codes."""
+    _, pos = bitstream.read_varint(data, 0)
+    return data[bitstream.read_varint(data, pos)[1] :]
+
+
+def test_export_parity_and_ort_bitstream(tmp_path: Path) -> None:
+    model, folder = exported(tmp_path)
     manifest = json.loads((folder / "manifest.json").read_text())
     diffs = manifest["parity_max_rel_diff"]
     assert diffs["encoder_step"] <= 1e-4 and diffs["decoder_step"] <= 1e-4
     assert diffs["bits_flipped"] == 0.0
     img = smooth_image(40, 56, 3)  # padded to 48x64 inside both codecs
-    ort_codec, torch_codec = RnnOrtCodec(folder), TorchCodec(model)
+    ort_codec, torch_codec = load_codec(folder, threads=1), TorchCodec(model)
+    assert isinstance(ort_codec, RnnOrtCodec) and ort_codec.kind == "rnn"
     data = ort_codec.encode(img)
-    assert data == torch_codec.encode(img)
-    diff = np.abs(ort_codec.decode(data).astype(int) - torch_codec.decode(data).astype(int))
+    # the runtime's container (model id, size, padding, CRC) around the torch model's codes
+    header, payload = container.unpack(data)
+    assert (header.height, header.width, header.pad) == (40, 56, (4, 4, 4, 4))
+    torch_data = torch_codec.encode(img)
+    assert payload == torch_payload(torch_data)
+    rec = ort_codec.decode(data)
+    diff = np.abs(rec.astype(int) - torch_codec.decode(torch_data).astype(int))
     assert diff.max() <= 1
+    with pytest.raises(BitstreamError, match="another model"):
+        load_codec(export_model(build(seed=1), tmp_path / "other"), threads=1).decode(data)
+    with pytest.raises(BitstreamError, match="CRC"):
+        ort_codec.decode(data[:-5] + bytes([data[-5] ^ 1]) + data[-4:])
+
+
+def test_quantized_rnn_export_is_a_runtime_codec(tmp_path: Path) -> None:
+    """ort-static quantizes both step graphs through the one backend (by the export's kind)."""
+    _, folder = exported(tmp_path)
+    images = [smooth_image(48, 64, i) for i in range(3)]
+    params = QuantParams.model_validate({"calibration": {"images": 2, "crop": 64}})
+    report = QUANTIZERS.get("ort-static")(folder, tmp_path / "q", params, images, 1)
+    graphs = {g["graph"]: g for g in report["graphs"]}
+    assert set(graphs) == {"encoder_step", "decoder_step"}
+    # every Conv: encoder conv + 3 cells x 2 + binarizer, decoder conv1 + 4 cells x 2 + conv2
+    assert graphs["encoder_step"]["int8_convs"] == 8 and graphs["decoder_step"]["int8_convs"] == 10
+    assert all(g["float_convs"] == [] for g in graphs.values())
+    manifest = mf.read(tmp_path / "q")
+    assert manifest.kind == "rnn" and manifest.model_id == report["model_id"]
+    assert manifest.extra["quantization"]["graphs"] == ["decoder_step", "encoder_step"]
+    int8 = load_codec(tmp_path / "q", threads=1)
+    rec = int8.decode(int8.encode(images[0]))
+    assert rec.shape == images[0].shape
+    assert abs(report["quick_check"]["psnr_drop_db"]) < 3.0  # a tiny random-ish model
+
+
+def test_cli_export_encode_decode_evaluate(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    model, _ = exported(tmp_path)
+    ckpt = checkpoint.save(model, tmp_path / "rnn.pt")
+    write_images(tmp_path / "imgs", [(40, 56), (48, 48)])
+    runner = CliRunner()
+
+    def ok(*args: str) -> str:
+        result = runner.invoke(main, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    assert "(rnn)" in ok("export", str(ckpt), "--out", str(tmp_path / "exp"))
+    img, cbin = tmp_path / "imgs" / "img0.png", tmp_path / "img.cbin"
+    ok("encode", str(img), "--codec", str(tmp_path / "exp"), "-o", str(cbin), "--threads", "1")
+    ok("decode", str(cbin), "--codec", str(tmp_path / "exp"), "-o", str(tmp_path / "rec.png"))
+    rec = read_rgb8(tmp_path / "rec.png")
+    assert np.array_equal(rec, load_codec(tmp_path / "exp").decode(cbin.read_bytes()))
+    out = ok("evaluate", str(tmp_path / "exp"), "--data", str(tmp_path / "imgs"),
+             "--out", str(tmp_path / "ev"), "--threads", "1")  # fmt: skip
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert "onnx:exp" in out and len(json.dumps(report)) > 100
 
 
 def test_structured_prune_keeps_shapes_consistent(tmp_path: Path) -> None:
@@ -157,3 +228,42 @@ def test_structured_prune_keeps_shapes_consistent(tmp_path: Path) -> None:
     inferred = RnnAdapter.infer_config("rnn", pruned.state_dict())
     assert inferred["widths"] == widths
     RnnAdapter.build("rnn", inferred).load_state_dict(pruned.state_dict())
+
+
+def test_rnn_pruning_is_the_family_pruner_not_a_model_hook() -> None:
+    import compressor.models.rnn as models_rnn
+    from compressor.prune import rnn as prune_rnn
+
+    assert FAMILY_PRUNERS.get("rnn") is prune_rnn.prune_rnn
+    assert "hific" in FAMILY_PRUNERS
+    assert not hasattr(RnnAdapter, "prune_structured")
+    # the model families import nothing from prune/, export/, quant/ or the CLI
+    upper = ("compressor.prune", "compressor.export", "compressor.quant", "compressor.cli")
+    for path in Path(models_rnn.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith(upper), (path.name, node.module)
+
+
+def test_rnn_runtime_never_imports_torch(tmp_path: Path) -> None:
+    """The rnn codec is a runtime kind: encode + decode of its export run without torch."""
+    import subprocess
+    import sys
+
+    _, folder = exported(tmp_path)
+    src = write_images(tmp_path / "imgs", [(40, 56)]) / "img0.png"
+    script = (
+        "import sys\n"
+        "from compressor.runtime import load_codec, read_rgb8\n"
+        "codec = load_codec(sys.argv[1], threads=1)\n"
+        "rgb8 = read_rgb8(sys.argv[2])\n"
+        "ok = (codec.decode(codec.encode(rgb8)).shape == rgb8.shape)\n"
+        "print(type(codec).__name__, ok, 'torch' in sys.modules)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(folder), str(src)],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["RnnOrtCodec", "True", "False"]

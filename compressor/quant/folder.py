@@ -1,4 +1,5 @@
-"""Quantize an export folder into a new, complete export folder (the ort-static backend).
+"""The folder side of every quantization backend: the float export checked before any work,
+the INT8 export written as a new, complete export folder.
 
 The result is an ordinary export: quantized graphs, the untouched graphs and entropy tables
 copied, and a new manifest.json whose file hashes give it its own model id (a bitstream of
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,7 @@ import numpy as np
 
 from compressor.errors import CheckpointError, RecipeError
 from compressor.fsutil import atomic_dir
-from compressor.quant import calib, ort_static, sensitivity
-from compressor.quant.config import COMPONENTS, QuantParams
+from compressor.quant.config import QuantParams, component_graphs
 from compressor.runtime import load_codec
 from compressor.runtime import manifest as mf
 
@@ -33,11 +32,12 @@ def check_source(folder: Path, params: QuantParams) -> mf.Manifest:
     if manifest.extra.get("quantization"):
         raise RecipeError(f"{folder} is already quantized; quantize the float export instead")
     present = mf.GRAPHS[manifest.kind]
+    names = component_graphs(manifest.kind)
     for comp in params.components:
-        if COMPONENTS[comp] not in present:
+        if names.get(comp) not in present:
             raise RecipeError(
-                f"component {comp}: a {manifest.kind} codec has no {COMPONENTS[comp]} graph; "
-                f"its graphs: {', '.join(present)}"
+                f"component {comp}: a {manifest.kind} codec has no {names.get(comp, comp)} "
+                f"graph; its components: {', '.join(c for c, g in names.items() if g in present)}"
             )
     if manifest.extra.get("rewritten") is False and "decoder" in params.components:
         log.warning(
@@ -46,41 +46,6 @@ def check_source(folder: Path, params: QuantParams) -> mf.Manifest:
             folder,
         )
     return manifest
-
-
-def run_ort_static(
-    src: Path, out: Path, params: QuantParams, images: list[np.ndarray], threads: int = 1
-) -> dict[str, Any]:
-    """Calibrate on `images`, quantize, optionally search sensitivity; write `out`."""
-    src = mf.locate(Path(src))
-    manifest = check_source(src, params)
-    crops = [calib.centre_crop(a, params.calibration.crop) for a in images]
-    cal = crops[: params.calibration.images]
-    n_eval = params.accuracy.images if params.accuracy else 2
-    with tempfile.TemporaryDirectory(prefix="quant.") as tmp:
-        work = Path(tmp)
-        trial = calib.Trial(src, crops[-n_eval:], threads)
-        inputs = calib.calibration_inputs(trial.codec, cal, params.graphs())
-        jobs = ort_static.prepare_jobs(src, params, inputs, work)
-        table = sensitivity.table(jobs, params, trial, work) if params.sensitivity else None
-        if params.accuracy is not None:
-            files, search = sensitivity.accuracy_aware(jobs, params, trial, work, table)
-        else:
-            files, search = ort_static.quantize_all(jobs, params, work), None
-        measured = trial.measure(files)
-        report = {
-            "backend": "ort-static",
-            "source": str(src),
-            "source_model_id": manifest.model_id,
-            "params": params.model_dump(mode="json"),
-            "calibration_images": len(cal),
-            "graphs": ort_static.graph_summary(jobs, files),
-            "quick_check": {"images": len(trial.images), "reference": trial.reference, **measured},
-            "sensitivity": table,
-            "accuracy_aware": search,
-        }
-        report["model_id"] = write_folder(src, manifest, files, out, report, crops[0])
-    return report
 
 
 def write_folder(

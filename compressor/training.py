@@ -1,4 +1,9 @@
-"""Library entry points behind the CLI commands (each also usable from Python)."""
+"""Starting a training run from command-line-style inputs (`cli.py train`, `distill`).
+
+`train_model` builds a model of an arch / quality / `N=..,M=..` config (or loads a checkpoint),
+picks lambda and hands the image folder to compressor.train.train, the one training loop;
+`new_model` and `parse_config` are the model-building half, shared with `cli.py distill`.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from compressor import checkpoint
-from compressor.options import parse_pairs
 from compressor.data import load_folder
 from compressor.errors import CheckpointError
 from compressor.models import MODELS, CodecAdapter
+from compressor.options import parse_pairs
 from compressor.progress import Reporter
 from compressor.train import TrainConfig, TrainResult, train
 
