@@ -10,6 +10,8 @@ import click
 from compressor.cli.common import handle_errors
 from compressor.errors import RecipeError
 
+PARITY_KEYS = (("parity_max_abs_diff", "max |Δ|"), ("parity_max_rel_diff", "max rel |Δ|"))
+
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
@@ -42,14 +44,14 @@ def export(
     adapter = checkpoint.load(model, arch)
     folder = export_model(adapter, out, rewrite=rewrite, opset=opset, overwrite=overwrite)
     found = mf.read(folder)
-    diffs = found.extra.get("parity_max_abs_diff", {})
+    # graph exports state the largest absolute difference; rnn's step graphs a relative one
+    kind, label = next(((k, lab) for k, lab in PARITY_KEYS if k in found.extra), (None, "max |Δ|"))
+    diffs = found.extra.get(kind, {}) if kind else {}
     rows = [
         [name, (folder / name).stat().st_size, diffs.get(name.removesuffix(".onnx"))]
         for name in found.files
     ]
-    stdout.print(
-        table(f"export of {found.arch} ({found.kind})", ["file", "bytes", "max |Δ|"], rows)
-    )
+    stdout.print(table(f"export of {found.arch} ({found.kind})", ["file", "bytes", label], rows))
     stdout.print(f"model id {found.model_id[:16]}, opset {found.opset}; wrote {folder}")
 
 
