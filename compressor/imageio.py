@@ -4,6 +4,8 @@ evaluation (compressor.data) and the deployable runtime (compressor.runtime)."""
 from __future__ import annotations
 
 import logging
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,12 @@ from PIL import Image, UnidentifiedImageError
 from compressor.errors import DataError
 
 log = logging.getLogger(__name__)
+
+#: the largest image read by default (2**25, about 33 Mpx: the most a bitstream can describe).
+#: Checked on the header's size before any pixel is decoded, so a small file claiming a huge
+#: image (a decompression bomb) costs nothing; callers pass a lower bound where they have one
+#: (the runtime's `encode --max-pixels`).
+MAX_PIXELS = 1 << 25
 
 
 def to_rgb8(img: Image.Image, name: str) -> np.ndarray:
@@ -33,19 +41,39 @@ def to_rgb8(img: Image.Image, name: str) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def read_rgb8(path: Path) -> np.ndarray:
+def read_rgb8(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """8-bit RGB of an image file; DataError if unreadable or larger than max_pixels."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image {path} does not exist or is not a file")
     try:
-        with Image.open(path) as img:
-            img.load()
-            arr = to_rgb8(img, path.name)
+        with warnings.catch_warnings():
+            # our own limit below decides; Pillow's warning would only be noise on stderr
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_pixels(path, img.size, max_pixels)  # from the header: nothing decoded
+                img.load()
+                arr = to_rgb8(img, path.name)
+    except Image.DecompressionBombError as e:  # Pillow's hard limit, hit inside open()
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{found.group(1)} pixels" if found else "too many pixels"
+        raise DataError(
+            f"{path} declares {size}, more than the limit of {max_pixels} pixels"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path} is not a readable image ({type(e).__name__}: {e})") from None
     if arr.ndim != 3 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise DataError(f"{path} has an unusable shape {arr.shape}")
     return arr
+
+
+def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+    w, h = size
+    if w * h > max_pixels:
+        raise DataError(
+            f"{path} is a {w}x{h} image ({w * h} pixels), more than the limit of "
+            f"{max_pixels} pixels"
+        )
 
 
 def padding(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:

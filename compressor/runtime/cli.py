@@ -3,6 +3,11 @@
 The same command objects are registered on the main CLI (compressor.cli.deploy), so
 `cli.py encode` and `cli.py decode` behave identically; this module exists so a deployment
 with only onnxruntime, numpy, constriction, pillow, click and pydantic can run them.
+
+Outputs: an existing file is never replaced without --overwrite, a directory is refused, a
+missing parent folder is created; the file appears whole or not at all (fsutil.atomic_file).
+Both commands refuse images over --max-pixels (default 4096 x 4096) before decoding pixels
+or bitstream, so a forged file or a decompression bomb costs milliseconds, not gigabytes.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from typing import Any, TypeVar
 import click
 
 from compressor.cli.common import handle_errors
-from compressor.errors import BitstreamError, CheckpointError
-from compressor.fsutil import write_bytes
+from compressor.errors import BitstreamError, CheckpointError, DataError
+from compressor.fsutil import check_output, write_bytes
+from compressor.runtime.container import DEFAULT_MAX_PIXELS, MAX_PIXELS
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
@@ -84,8 +90,34 @@ provider_option = click.option(
     help="ONNX Runtime execution provider: cpu, cuda, tensorrt, openvino, dnnl or a full name.",
 )
 threads_option = click.option(
-    "--threads", type=int, default=None, help="ONNX Runtime intra-op threads [default: all]."
+    "--threads",
+    type=int,
+    default=None,
+    help="ONNX Runtime intra-op threads [default: all cores available].",
 )
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace the output file if it exists (refused otherwise)."
+)
+
+
+def max_pixels_option(what: str) -> Callable[[F], F]:
+    return click.option(
+        "--max-pixels",
+        type=click.IntRange(1, MAX_PIXELS),
+        default=DEFAULT_MAX_PIXELS,
+        show_default=True,
+        help=f"Refuse {what} larger than this many pixels (a bound on memory and time).",
+    )
+
+
+def write_output(out: Path, write: Callable[[], object]) -> None:
+    """Run an atomic write; file-system refusals become one-line errors (exit 2)."""
+    try:
+        write()
+    except FileExistsError:  # created by someone else while we worked
+        raise DataError(f"output {out} exists; pass --overwrite to replace it") from None
+    except OSError as e:
+        raise DataError(f"cannot write {out} ({e.strerror or e})") from None
 
 
 @click.command()
@@ -97,17 +129,28 @@ threads_option = click.option(
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bitstream file.")
 @provider_option
 @threads_option
+@overwrite_option
+@max_pixels_option("images")
 @handle_errors
-def encode(image: Path, codec_dir: Path, out: Path, provider: str, threads: int | None) -> None:
+def encode(
+    image: Path,
+    codec_dir: Path,
+    out: Path,
+    provider: str,
+    threads: int | None,
+    overwrite: bool,
+    max_pixels: int,
+) -> None:
     """Encode IMAGE to a bitstream file with an exported codec (no torch)."""
     from compressor.runtime import load_codec, read_rgb8
 
-    rgb8 = read_rgb8(image)  # the cheap input check first
+    check_output(out, overwrite)
+    rgb8 = read_rgb8(image, max_pixels=max_pixels)  # the cheap input check first
     codec = load_codec(codec_dir, provider=provider, threads=threads)
     start = time.perf_counter()
     data = codec.encode(rgb8)
     ms = (time.perf_counter() - start) * 1e3
-    write_bytes(out, data)
+    write_output(out, lambda: write_bytes(out, data, overwrite=overwrite))
     h, w = rgb8.shape[:2]
     click.echo(
         f"{image} ({w}x{h}) -> {out}: {len(data)} bytes, {len(data) * 8 / (h * w):.4f} bpp, "
@@ -125,23 +168,33 @@ def encode(image: Path, codec_dir: Path, out: Path, provider: str, threads: int 
 )  # fmt: skip
 @provider_option
 @threads_option
+@overwrite_option
+@max_pixels_option("files declaring images")
 @handle_errors
 def decode(
-    file: Path, out: Path, codec_dir: Path | None, provider: str, threads: int | None
+    file: Path,
+    out: Path,
+    codec_dir: Path | None,
+    provider: str,
+    threads: int | None,
+    overwrite: bool,
+    max_pixels: int,
 ) -> None:
     """Decode a bitstream FILE to an image (PNG, BMP, PPM or TIFF by suffix; no torch)."""
     from compressor.runtime import container, load_codec, write_rgb8
     from compressor.runtime.image import output_format
 
     output_format(out)
+    check_output(out, overwrite)
     data = read_bitstream(file)
     header, _ = container.unpack(data)  # magic, version and CRC before any codec search
+    container.check_pixels(header.height, header.width, max_pixels)  # before any model loads
     folder = codec_dir if codec_dir is not None else find_codec(header.model_id, search_roots())
     codec = load_codec(folder, provider=provider, threads=threads)
     start = time.perf_counter()
-    rgb8 = codec.decode(data)
+    rgb8 = codec.decode(data, max_pixels=max_pixels)
     ms = (time.perf_counter() - start) * 1e3
-    write_rgb8(out, rgb8)
+    write_output(out, lambda: write_rgb8(out, rgb8, overwrite=overwrite))
     click.echo(f"{file} -> {out} ({header.width}x{header.height}), {ms:.1f} ms")
 
 

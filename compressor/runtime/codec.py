@@ -23,9 +23,10 @@ from compressor.errors import (
     DataError,
     RecipeError,
 )
-from compressor.runtime import container, image
+from compressor.runtime import container, image, tiles
 from compressor.runtime import manifest as mf
 from compressor.runtime.entropy import MAX_ABS_VALUE, Decoder, Encoder, Tables
+from compressor.threads import resolve_threads
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,15 @@ PROVIDERS = {
     "openvino": "OpenVINOExecutionProvider",
     "dnnl": "DnnlExecutionProvider",
 }
-MAX_THREADS = 256
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:
-    if threads is not None and not 1 <= threads <= MAX_THREADS:
-        raise RecipeError(f"threads must be 1..{MAX_THREADS}, got {threads}")
+    """None: every core this process may use; out of range: the RecipeError of resolve_threads."""
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or 0  # 0: ONNX Runtime's default (all cores)
+    opts.intra_op_num_threads = resolve_threads(threads)
     opts.inter_op_num_threads = 1
+    # idle threads sleep: on a busy machine a spinning one waits for a core it does not get
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # errors only: its warnings are not the user's business
     return opts
@@ -80,6 +81,10 @@ class OrtCodec:
             g: _session(self.folder / f"{g}.onnx", opts, providers) for g in mf.GRAPHS[self.kind]
         }
         self._load_tables(self.folder / mf.TABLES)
+        #: latents per side of each g_a / g_s tile (None: whole images); only memory depends
+        #: on it, the bytes and pixels do not (tests/unit/test_runtime_bounds.py)
+        self.tile: int | None = tiles.TILE
+        self._margins: dict[int, int | None] = {}  # receptive fields: g_s by stride, g_a -stride
         log.debug("loaded %s codec %s (%s, %s threads)", self.kind, self.folder, provider, threads)
 
     # -- public API (the Codec protocol) --------------------------------------------------
@@ -91,7 +96,7 @@ class OrtCodec:
         except BitstreamError as e:
             raise DataError(str(e)) from None
         pad = image.padding(h, w, self.pad_multiple)
-        y = self._run("g_a", image.to_input(rgb8, pad), "y")
+        y = self._analyze(rgb8, pad, self.tile)
         enc = Encoder()
         if self.kind == "factorized":
             enc.latent(_symbols(y, self.medians), self._channel_index(y.shape), self.bottleneck)
@@ -104,16 +109,18 @@ class OrtCodec:
         header = container.Header(self.model_id, h, w, pad)
         return container.pack(header, enc.finish())
 
-    def decode(self, data: bytes) -> np.ndarray:
+    def decode(self, data: bytes, *, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """The image of a file; BitstreamError if it is corrupt or declares over max_pixels."""
         header, payload = container.unpack(data)
         self.check_model(header.model_id)
+        container.check_pixels(header.height, header.width, max_pixels)
         if header.pad != image.padding(header.height, header.width, self.pad_multiple):
             raise BitstreamError(
                 f"bitstream is corrupt (padding {header.pad} does not fit image size "
                 f"{header.height}x{header.width} and multiple {self.pad_multiple})"
             )
         y_shape = self._latent_shape("y", header.padded)
-        dec = Decoder(payload)
+        dec = Decoder(payload, check=header.version >= 2)
         if self.kind == "factorized":
             y_hat = self._dequantize(
                 dec.latent(self._channel_index(y_shape), self.bottleneck), y_shape
@@ -126,8 +133,7 @@ class OrtCodec:
             y_sym = dec.latent(indexes, self.gaussian).reshape(y_shape).astype(np.float32)
             y_hat = y_sym if means is None else y_sym + means
         dec.finish()
-        x_hat = self._run("g_s", y_hat.astype(np.float32), "x_hat", BitstreamError)
-        return image.from_output(x_hat, header.pad)
+        return self._synthesize(y_hat.astype(np.float32), header.pad, self.tile)
 
     def check_model(self, model_id: bytes) -> None:
         if model_id != self.model_id:
@@ -138,6 +144,45 @@ class OrtCodec:
             )
 
     # -- internals -------------------------------------------------------------------------
+    def _analyze(
+        self, rgb8: np.ndarray, pad: tuple[int, int, int, int], tile: int | None
+    ) -> np.ndarray:
+        def g_a(x: np.ndarray) -> np.ndarray:
+            return self._run("g_a", x, "y")
+
+        stride = self.manifest.latents["y"]["stride"]
+        h, w = rgb8.shape[0] + pad[0] + pad[1], rgb8.shape[1] + pad[2] + pad[3]
+        margin = None
+        if tile is not None and max(h, w) > tile * stride and h % stride == w % stride == 0:
+            if -stride not in self._margins:  # keyed apart from g_s's
+                self._margins[-stride] = tiles.analysis_margin(g_a, stride)
+            margin = self._margins[-stride]
+        if tile is None or margin is None:
+            return g_a(image.to_input(rgb8, pad))
+        padded = np.pad(rgb8, ((pad[0], pad[1]), (pad[2], pad[3]), (0, 0)))
+        return tiles.analyze(g_a, padded, stride, tile, margin)
+
+    def _synthesize(
+        self, y_hat: np.ndarray, pad: tuple[int, int, int, int], tile: int | None
+    ) -> np.ndarray:
+        def g_s(y: np.ndarray) -> np.ndarray:
+            return self._run("g_s", y, "x_hat", BitstreamError)
+
+        stride = self.manifest.latents["y"]["stride"]
+        if tile is None or max(y_hat.shape[-2:]) <= tile:
+            return image.from_output(g_s(y_hat), pad)
+        if tile < 1:
+            raise ValueError(f"tile must be >= 1 latent, got {tile}")
+        if stride not in self._margins:  # measured once, on the first large image
+            self._margins[stride] = tiles.receptive_margin(g_s, y_hat.shape[1], stride)
+            log.debug("g_s of %s reaches %s latents", self.folder, self._margins[stride])
+        margin = self._margins[stride]
+        if margin is None:  # no bounded receptive field measured: one whole-image run
+            return image.from_output(g_s(y_hat), pad)
+        rgb = tiles.synthesize(g_s, y_hat, stride, tile, margin)
+        top, bottom, left, right = pad
+        return np.ascontiguousarray(rgb[top : rgb.shape[0] - bottom, left : rgb.shape[1] - right])
+
     def _load_tables(self, path: Path) -> None:
         try:
             with np.load(path, allow_pickle=False) as npz:

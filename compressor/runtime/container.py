@@ -13,6 +13,14 @@ Layout (all varints are LEB128, compressor.bitstream):
 
 The CRC is checked before any field is trusted, so a truncated file or flipped bytes give a
 clear error instead of a garbage image, and size fields of a damaged file never size a buffer.
+
+Versions: 2 (written now) ends the ANS payload with a 32-bit end check (runtime.entropy), so a
+CRC-valid file whose payload is empty or short is refused before any graph runs. 1 (no end
+check) is still read, with the weaker end test it always had.
+
+A CRC protects against damage, not against a forged file: its declared size is what the
+decoder will allocate for. `check_pixels` bounds it (DEFAULT_MAX_PIXELS unless the caller
+raises it) before any decoding work.
 """
 
 from __future__ import annotations
@@ -24,11 +32,16 @@ from compressor import bitstream
 from compressor.errors import BitstreamError
 
 MAGIC = b"CMPR"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: versions unpack() accepts; 1 lacks the payload end check
+READ_VERSIONS = (1, 2)
 MODEL_ID_BYTES = 8
 #: the largest image a file may describe (about 33 Mpx, e.g. 8192 x 4096): a bound on memory
 MAX_PIXELS = 1 << 25
 MAX_SIDE = 1 << 15
+#: the largest image decode accepts unless told otherwise (4096 x 4096): a forged header can
+#: not make a decoder allocate gigabytes; legitimate larger files need max_pixels raised
+DEFAULT_MAX_PIXELS = 4096 * 4096
 _FIXED = len(MAGIC) + 1 + MODEL_ID_BYTES
 _MIN_SIZE = _FIXED + 6 + 4  # six one-byte varints and the CRC
 
@@ -39,6 +52,7 @@ class Header:
     height: int
     width: int
     pad: tuple[int, int, int, int]  # top, bottom, left, right
+    version: int = FORMAT_VERSION
 
     @property
     def padded(self) -> tuple[int, int]:
@@ -54,12 +68,24 @@ def check_size(height: int, width: int) -> None:
         )
 
 
+def check_pixels(height: int, width: int, max_pixels: int) -> None:
+    """Refuse a declared size above the caller's budget, before anything is allocated for it."""
+    if height * width > max_pixels:
+        raise BitstreamError(
+            f"bitstream declares a {width}x{height} image ({height * width} pixels), more than "
+            f"the limit of {max_pixels} pixels; if the file is trusted, raise the limit "
+            f"(decode --max-pixels, or max_pixels= in OrtCodec.decode) up to {MAX_PIXELS}"
+        )
+
+
 def pack(header: Header, payload: bytes) -> bytes:
     if len(header.model_id) != MODEL_ID_BYTES:
         raise ValueError(f"model id must be {MODEL_ID_BYTES} bytes")
+    if header.version not in READ_VERSIONS:
+        raise ValueError(f"format version must be one of {READ_VERSIONS}")
     check_size(header.height, header.width)
     out = bytearray(MAGIC)
-    out.append(FORMAT_VERSION)
+    out.append(header.version)
     out += header.model_id
     for value in (header.height, header.width, *header.pad):
         out += bitstream.write_varint(value)
@@ -79,10 +105,10 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
             f"bitstream is truncated ({len(data)} bytes; a file has at least {_MIN_SIZE})"
         )
     version = data[len(MAGIC)]
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise BitstreamError(
             f"bitstream format version {version} is not supported; this runtime reads "
-            f"version {FORMAT_VERSION}"
+            f"versions {', '.join(map(str, READ_VERSIONS))}"
         )
     body, stored = data[:-4], int.from_bytes(data[-4:], "little")
     if zlib.crc32(body) != stored:
@@ -97,7 +123,7 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     check_size(height, width)
     if any(p >= 1 << 12 for p in pad):
         raise BitstreamError(f"bitstream is corrupt (padding {pad} out of range)")
-    header = Header(model_id, height, width, (pad[0], pad[1], pad[2], pad[3]))
+    header = Header(model_id, height, width, (pad[0], pad[1], pad[2], pad[3]), version)
     return header, bytes(body[pos:])
 
 

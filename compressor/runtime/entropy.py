@@ -8,6 +8,14 @@ of every table) with their magnitude coded after the latent, Elias-gamma style.
 
 All latents of one image share one ANS stack: the encoder collects segments in decode order
 and pushes them in reverse, so the decoder pops z, runs h_s, then pops y.
+
+End check (container format 2): before anything else the encoder pushes a fixed 32-bit word,
+so the decoder pops it last. An ANS decoder that runs out of words does not fail: it keeps
+returning symbol 0 (an empty payload decodes to a plausible-looking latent of noise). Since
+encoding never shrinks the coder's state, a valid stream holds at least the check's 32 bits
+until the check is popped; fewer valid bits after any latent means the payload ran out, and
+the check word itself must come back unchanged with nothing left after it. Format 1 files
+have no check word: `Decoder(payload, check=False)` reads them with the old end test.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ MAX_ABS_VALUE = 1 << 29
 _MAX_OFFSET = 1 << 20
 _NBITS = 32  # escape magnitudes have 0..31 significant bits
 _CHUNK = 16  # escape bits are coded in chunks of at most this many bits
+#: the end check, two 16-bit halves (top bit set: the coder's state holds >= 32 bits under it)
+CHECK = np.array([0xC0DE, 0x5AFE], dtype=np.int32)
+CHECK_BITS = 32
 
 _model = constriction.stream.model
 
@@ -109,8 +120,11 @@ class Encoder:
                     ((part >> _CHUNK).astype(np.int32), _model.Uniform(1 << hi_bits))
                 )
 
-    def finish(self) -> bytes:
+    def finish(self, check: bool = True) -> bytes:
+        """The payload; `check=False` writes format 1 (no end check), for tests of old files."""
         coder = constriction.stream.stack.AnsCoder()
+        if check:
+            coder.encode_reverse(CHECK, _model.Uniform(1 << 16))
         for symbols, model in reversed(self._segments):
             coder.encode_reverse(symbols, model)
         words = coder.get_compressed()
@@ -118,13 +132,21 @@ class Encoder:
 
 
 class Decoder:
-    """Pops latents in the order the encoder added them; `finish()` checks nothing is left."""
+    """Pops latents in the order the encoder added them; `finish()` checks nothing is left.
 
-    def __init__(self, payload: bytes) -> None:
+    `check`: the payload ends with the end check (format 2); each latent then verifies the
+    data did not run out under it, so a short payload fails before any graph runs on it.
+    """
+
+    def __init__(self, payload: bytes, check: bool = True) -> None:
         if len(payload) % 4:
             raise BitstreamError(
                 f"bitstream is corrupt (payload of {len(payload)} bytes is not whole 32-bit words)"
             )
+        if not payload:
+            # no latent of any image is free to code: an empty payload is never a valid one
+            raise BitstreamError("bitstream is corrupt (the entropy-coded payload is empty)")
+        self.check = check
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         try:
             self._coder = constriction.stream.stack.AnsCoder(words)
@@ -150,6 +172,11 @@ class Decoder:
         raw = self._escapes(int(escaped.sum()))
         odd = (raw & 1).astype(bool)
         sym[escaped] = np.where(odd, -((raw + 1) >> 1), (raw >> 1) + top[escaped])
+        if self.check and self._coder.num_valid_bits() < CHECK_BITS:
+            raise BitstreamError(
+                "bitstream is corrupt (the entropy-coded data ran out before the end: "
+                "truncated or forged payload)"
+            )
         return sym + tables.offsets[idx]
 
     def _escapes(self, count: int) -> np.ndarray:
@@ -168,6 +195,8 @@ class Decoder:
         return np.where(nbits > 0, rest + (np.int64(1) << np.maximum(nbits - 1, 0)), 0)
 
     def finish(self) -> None:
+        if self.check and not np.array_equal(self._pop(_model.Uniform(1 << 16), 2), CHECK):
+            raise BitstreamError("bitstream is corrupt (its end check does not match)")
         if not self._coder.is_empty():
             raise BitstreamError("bitstream is corrupt (data left over after the last latent)")
 

@@ -18,6 +18,7 @@ from compressor.imageio import padding, read_rgb8, to_rgb8
 
 __all__ = [
     "check_rgb8",
+    "chw_to_rgb8",
     "from_output",
     "output_format",
     "padding",
@@ -42,11 +43,11 @@ def output_format(path: Path) -> str:
     return fmt
 
 
-def write_rgb8(path: Path, rgb8: np.ndarray) -> Path:
-    """Write losslessly (the format from the suffix), atomically."""
+def write_rgb8(path: Path, rgb8: np.ndarray, overwrite: bool = True) -> Path:
+    """Write losslessly (the format from the suffix), atomically; see fsutil.atomic_file."""
     path = Path(path)
     fmt = output_format(path)
-    with atomic_file(path) as tmp:
+    with atomic_file(path, overwrite=overwrite) as tmp:
         Image.fromarray(np.ascontiguousarray(rgb8, dtype=np.uint8), "RGB").save(tmp, format=fmt)
     return path
 
@@ -71,6 +72,10 @@ def from_output(x_hat: np.ndarray, pad: tuple[int, int, int, int]) -> np.ndarray
     """HxWx3 uint8 of the decoder output: crop the padding, clamp, scale, round."""
     top, bottom, left, right = pad
     h, w = x_hat.shape[-2:]
-    x = x_hat[0, :, top : h - bottom, left : w - right]
+    return np.ascontiguousarray(chw_to_rgb8(x_hat[0, :, top : h - bottom, left : w - right]))
+
+
+def chw_to_rgb8(x: np.ndarray) -> np.ndarray:
+    """CxHxW float in [0, 1] -> HxWx3 uint8 view: clamp, scale, round (one rule, tiles too)."""
     rgb = np.rint(np.clip(x, 0.0, 1.0) * np.float32(255)).astype(np.uint8)
-    return np.ascontiguousarray(rgb.transpose(1, 2, 0))
+    return rgb.transpose(1, 2, 0)
