@@ -84,12 +84,20 @@ def _link_new(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
 
 
+def temp_dir(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """A new folder in `parent` with the mode any new folder gets (0777 less the umask), not
+    mkdtemp's private 0700: it is renamed into place as a user's output."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    os.chmod(tmp, 0o777 & ~umask())
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; on success it becomes `target`."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    tmp = temp_dir(target.parent, f".{target.name}.", ".partial")
     try:
         yield tmp
         if target.exists():

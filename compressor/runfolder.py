@@ -23,7 +23,7 @@ from typing import Any
 
 import compressor
 from compressor.errors import RecipeError
-from compressor.fsutil import write_text
+from compressor.fsutil import temp_dir, write_text
 
 MARK = "run.json"
 TOOL = "compressor"
@@ -94,7 +94,7 @@ class RunFolder:
         if mode == "replace":
             final.parent.mkdir(parents=True, exist_ok=True)
             prefix = f".{final.name}{_STAGING}"
-            work = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+            work = temp_dir(final.parent, prefix)
         else:
             final.mkdir(parents=True, exist_ok=True)
             work = final

@@ -89,3 +89,15 @@ def test_check_output(tmp_path: Path) -> None:
 def test_missing_parents_are_created(tmp_path: Path) -> None:
     write_bytes(tmp_path / "a" / "b" / "c.bin", b"x", overwrite=False)
     assert (tmp_path / "a" / "b" / "c.bin").read_bytes() == b"x"
+
+
+def test_atomic_dir_makes_a_folder_with_the_umask_mode(tmp_path: Path) -> None:
+    from compressor.fsutil import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
