@@ -46,6 +46,7 @@ from compressor.models import CodecAdapter  # noqa: E402
 from compressor.prune import PruneParams, prune_model  # noqa: E402
 from compressor.prune.config import COMPONENTS  # noqa: E402
 from compressor.quant import QUANTIZERS, Calibration, QuantParams  # noqa: E402
+from compressor.threads import resolve_threads  # noqa: E402
 
 log = logging.getLogger("bench.seed_families")
 RATIOS = (0.0, 0.3)
@@ -140,7 +141,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(resolve_threads(args.threads, "--threads"))
     images = load_images(args.kodak)[: args.images]
     base = load_model(args.model)
     pruned, macs = prune_rows(base, args)
