@@ -20,6 +20,41 @@ from compressor.errors import CheckpointError
 
 ShapeMap = dict[str, list[int]]
 CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
+#: the widest layer a checkpoint may ask for: 16x the zoo's widest (cheng2020/mbt2018 q8: 256
+#: / 320), and small enough that no single recorded width can make a layer of gigabytes
+MAX_CHANNELS = 4096
+#: longest width list: [in, out] for convolutions, [channels] for norms; rnn's per-stage lists
+MAX_WIDTH_ENTRIES = 8
+
+
+def _short(value: Any) -> str:
+    """A repr that never quotes more than ~80 characters of hostile input."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_widths(widths: Any, where: str = "config widths") -> ShapeMap:
+    """`widths` as {module path: [positive ints]}, each at most MAX_CHANNELS; a CheckpointError
+    naming the first bad entry otherwise. Runs before any module is built."""
+    if not isinstance(widths, dict):
+        raise CheckpointError(
+            f"{where} must be a map {{module path: [widths]}}, got {type(widths).__name__}"
+        )
+    out: ShapeMap = {}
+    for path, raw in widths.items():
+        ok = (
+            isinstance(path, str)
+            and isinstance(raw, list | tuple)
+            and 1 <= len(raw) <= MAX_WIDTH_ENTRIES
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in raw)
+        )
+        if not ok or not all(1 <= v <= MAX_CHANNELS for v in raw):
+            raise CheckpointError(
+                f"{where} give {_short(path)} = {_short(raw)}; allowed: a list of 1.."
+                f"{MAX_WIDTH_ENTRIES} integers, each 1..{MAX_CHANNELS} channels"
+            )
+        out[path] = [int(v) for v in raw]
+    return out
 
 
 def module_shape(module: nn.Module) -> list[int] | None:
@@ -91,17 +126,14 @@ def _resized(old: nn.Module, shape: list[int]) -> nn.Module:
 def apply_widths(net: nn.Module, widths: dict[str, Any]) -> None:
     """Replace each listed module of `net` by a fresh one of the recorded width."""
     modules = dict(net.named_modules())
-    for path, raw in widths.items():
+    for path, shape in check_widths(widths).items():
         old = modules.get(path)
         expected = module_shape(old) if old is not None else None
-        shape = [int(v) for v in raw] if isinstance(raw, list | tuple) else None
-        if old is None or expected is None or shape is None or len(shape) != len(expected):
+        if old is None or expected is None or len(shape) != len(expected):
             raise CheckpointError(
-                f"config widths name {path!r} = {raw!r}, which is not a resizable module of "
-                f"this model (allowed: convolutions [in, out], GDN and entropy bottleneck "
+                f"config widths name {_short(path)} = {shape}, which is not a resizable module "
+                "of this model (allowed: convolutions [in, out], GDN and entropy bottleneck "
                 "[channels])"
             )
-        if min(shape) < 1:
-            raise CheckpointError(f"config widths give {path!r} zero channels: {raw!r}")
         parent_path, _, name = path.rpartition(".")
         setattr(modules[parent_path] if parent_path else net, name, _resized(old, shape))
