@@ -13,12 +13,17 @@ from torchvision.transforms import v2
 
 from compressor.errors import DataError
 from compressor.imageio import padding, read_rgb8
+from compressor.metrics.ssim import SSIM_MIN_SIDE
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".webp")
 #: files that may sit beside images without being one (attribution, checksums)
 IGNORED_NAMES = {"README.md", "README.txt", "SHA256SUMS", "LICENSE", ".DS_Store"}
+#: smallest image side accepted anywhere: SSIM's 11x11 window must fit at least once (the
+#: codec pads to its own multiple, so the model needs nothing more; MS-SSIM's 161 px is
+#: optional: smaller images report it as n/a)
+MIN_SIDE = SSIM_MIN_SIDE
 
 
 def list_images(folder: Path, minimum: int = 1) -> list[Path]:
@@ -98,8 +103,20 @@ class CropDataset(torch.utils.data.Dataset):
         return self.transform(self.images[index])
 
 
+def read_checked(path: Path) -> np.ndarray:
+    """The HxWx3 uint8 image at `path`; a DataError when it is smaller than MIN_SIDE."""
+    rgb = read_rgb8(path)
+    h, w = rgb.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise DataError(
+            f"image {path} is {w}x{h} pixels; images must be at least {MIN_SIDE}x{MIN_SIDE} "
+            "(the SSIM window)"
+        )
+    return rgb
+
+
 def load_folder(folder: Path, minimum: int = 1) -> list[np.ndarray]:
-    return [read_rgb8(p) for p in image_paths(folder, minimum)]
+    return [read_checked(p) for p in image_paths(folder, minimum)]
 
 
 #: scikit-image's bundled colour photos (no download): the embedded default's evaluation set,
@@ -128,4 +145,4 @@ def image_paths(source: str | Path, minimum: int = 1) -> list[Path]:
 
 def load_images(source: str | Path, minimum: int = 1) -> list[tuple[str, np.ndarray]]:
     """(name, HxWx3 uint8) of every image of a source, in a stable order."""
-    return [(p.name, read_rgb8(p)) for p in image_paths(source, minimum)]
+    return [(p.name, read_checked(p)) for p in image_paths(source, minimum)]

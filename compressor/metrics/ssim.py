@@ -12,6 +12,11 @@ import torch
 from pytorch_msssim import ms_ssim as _ms_ssim
 from pytorch_msssim import ssim as _ssim
 
+from compressor.errors import DataError
+
+#: SSIM filters with an 11x11 window without padding ("valid"): a smaller image has no
+#: complete window (pytorch-msssim then skips filtering or fails), so it has no SSIM
+SSIM_MIN_SIDE = 11
 #: MS-SSIM downsamples 4 times and filters with an 11-tap window at the coarsest scale
 MS_SSIM_MIN_SIDE = (11 - 1) * 2**4 + 1
 
@@ -21,6 +26,12 @@ def _t(a: np.ndarray) -> torch.Tensor:
 
 
 def ssim(original: np.ndarray, reconstruction: np.ndarray) -> float:
+    if min(original.shape[:2]) < SSIM_MIN_SIDE:
+        h, w = original.shape[:2]
+        raise DataError(
+            f"SSIM needs images of at least {SSIM_MIN_SIDE}x{SSIM_MIN_SIDE} pixels (its window); "
+            f"got {w}x{h}"
+        )
     return float(_ssim(_t(original), _t(reconstruction), data_range=255, size_average=True))
 
 
