@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from compressor import checkpoint
 from compressor.data import CropDataset
-from compressor.errors import DataError
+from compressor.errors import CheckpointError, DataError
 from compressor.fsutil import atomic_file
 from compressor.models import CodecAdapter
 from compressor.progress import NullReporter, Reporter
@@ -218,7 +218,7 @@ def train(
     trainer = _Trainer(model, cfg, loss_fn or rd_loss(cfg.lmbda))
     rpath = resume_path(out)
     if resume and rpath.exists():
-        trainer.restore(checkpoint.safe_load(rpath))
+        _restore_resume(trainer, rpath)
         log.info("resumed %s at step %d", rpath, trainer.step)
     stopped = "max_steps"
     reporter.start("training", cfg.max_steps)
@@ -257,6 +257,59 @@ def train(
     }
     checkpoint.save(model, out, {**(meta or {}), **train_meta})
     return result
+
+
+RESUME_KEYS = (
+    "checkpoint", "opt", "aux_opt", "sched", "gen", "rng", "step", "elapsed", "bad_evals",
+    "best", "best_state", "history",
+)  # fmt: skip
+
+
+def _resume_problem(state: Any, path: Path) -> str | None:
+    """What is wrong with a resume file's content (None: nothing found before restoring)."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a training state"
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        return f"it has no {missing[0]!r}"
+    ckpt = state["checkpoint"]
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return "its 'checkpoint' is not a checkpoint"
+    checkpoint.check_state_dict(ckpt["state_dict"], path, "checkpoint.state_dict")
+    if not (isinstance(state["best_state"], dict) and not state["best_state"]):  # {}: none yet
+        checkpoint.check_state_dict(state["best_state"], path, "best_state")
+    for key in ("step", "bad_evals"):
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"its {key!r} is {repr(value)[:40]}, not a count"
+    for key in ("elapsed", "best"):
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            return f"its {key!r} is not a number"
+    if not all(isinstance(state[k], torch.Tensor) for k in ("gen", "rng")):
+        return "its random generator states are not tensors"
+    if not isinstance(state["history"], list):
+        return "its 'history' is not a list"
+    return None
+
+
+def _restore_resume(trainer: _Trainer, path: Path) -> None:
+    """Restore `trainer` from a resume file; any mismatch is one CheckpointError naming it."""
+    hint = "delete it or pass --no-resume to start over"
+    try:
+        state = checkpoint.safe_load(path)
+        problem = _resume_problem(state, path)
+    except CheckpointError as e:
+        raise CheckpointError(f"resume file {path} is unusable ({e}); {hint}") from None
+    if problem is None:
+        try:
+            trainer.restore(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+            problem = " ".join(str(e).split())[:200] or type(e).__name__
+    if problem is not None:
+        raise CheckpointError(
+            f"resume file {path} does not fit this training run ({problem}); {hint}"
+        )
 
 
 def _save_resume(trainer: _Trainer, path: Path) -> None:
