@@ -21,6 +21,7 @@ from compressor.errors import CheckpointError, CompressorError
 from compressor.fsutil import atomic_file
 from compressor.models import MODELS, CodecAdapter
 from compressor.models.resize import MAX_CHANNELS, check_widths
+from compressor.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +239,9 @@ def _short_config(config: dict[str, Any]) -> str:
     return f"({text})" if len(text) <= 120 else f"({text[:117]}...)"
 
 
-def guess_arch(state_dict: dict[str, torch.Tensor]) -> str | None:
-    for name in MODELS:
-        guess = MODELS.get(name).guess_arch(state_dict)
+def guess_arch(state_dict: dict[str, torch.Tensor], models: Registry[Any] = MODELS) -> str | None:
+    for name in models:
+        guess = models.get(name).guess_arch(state_dict)
         if guess is not None:
             return guess
     return None
@@ -257,32 +258,37 @@ def _guarded(path: Path, doing: str, fn: Callable[[], T]) -> T:
         raise CheckpointError(f"checkpoint {path}: cannot {doing}: {detail}") from None
 
 
-def load(path: Path, arch: str | None = None) -> CodecAdapter:
+def load(path: Path, arch: str | None = None, models: Registry[Any] = MODELS) -> CodecAdapter:
     """A ready-to-use (eval mode, entropy tables built) model from a checkpoint file.
 
     Every field is checked (types, widths, parameter count, finite weights) before the
-    model is built, and any failure is a CheckpointError naming the file."""
+    model is built, and any failure is a CheckpointError naming the file. `models` is the
+    table of archs the file may hold (the imitators keep their own, MIMICS)."""
     path = Path(path)
     stored_arch, config, state_dict, meta = _split(safe_load(path), path)
-    if arch is not None and arch not in MODELS:
-        MODELS.get(arch)  # raises the "unknown arch; allowed: ..." error
-    if stored_arch is not None and stored_arch not in MODELS:
+    if arch is not None and arch not in models:
+        models.get(arch)  # raises the "unknown arch; allowed: ..." error
+    if stored_arch is not None and stored_arch not in models:
         raise CheckpointError(
             f"checkpoint {path} is a {_short(stored_arch)} model; allowed: "
-            f"{', '.join(MODELS.names())}"
+            f"{', '.join(models.names())}"
         )
     if stored_arch is not None and arch is not None and arch != stored_arch:
         raise CheckpointError(
             f"checkpoint {path} is a {stored_arch} model, not {arch}; pass --arch {stored_arch} "
             "or leave --arch out"
         )
-    arch = arch or stored_arch or _guarded(path, "tell its arch", lambda: guess_arch(state_dict))
+    arch = (
+        arch
+        or stored_arch
+        or _guarded(path, "tell its arch", lambda: guess_arch(state_dict, models))
+    )
     if arch is None:
         raise CheckpointError(
             f"cannot tell the architecture of {path}; pass --arch, one of: "
-            f"{', '.join(MODELS.names())}"
+            f"{', '.join(models.names())}"
         )
-    adapter_cls = MODELS.get(arch)
+    adapter_cls = models.get(arch)
     if config is None:
         config = _guarded(
             path, f"infer a {arch} config", lambda: adapter_cls.infer_config(arch, state_dict)
@@ -298,7 +304,7 @@ def load(path: Path, arch: str | None = None) -> CodecAdapter:
         detail = " ".join(str(e).split())[:240]
         raise CheckpointError(
             f"checkpoint {path} does not fit {arch} {_short_config(config)}: {detail}. Is it a "
-            f"checkpoint of another arch? Allowed: {', '.join(MODELS.names())}"
+            f"checkpoint of another arch? Allowed: {', '.join(models.names())}"
         ) from None
     model.meta = meta  # type: ignore[attr-defined]
     _guarded(path, "build its entropy tables", model.finalize)
