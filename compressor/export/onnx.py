@@ -29,6 +29,7 @@ from compressor.export import rewrites
 from compressor.fsutil import atomic_dir
 from compressor.models.base import CodecAdapter
 from compressor.registry import Registry
+from compressor.runtime import integer as ri
 from compressor.runtime import manifest as mf
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ MIN_OPSET = 17
 MAX_OPSET = 20  # highest the TorchScript exporter writes (torch.onnx._constants)
 #: export-time parity bound, relative to the largest reference magnitude (at least 1)
 PARITY_TOL = 1e-4
+#: how hyperprior kinds pick their scale indexes: "integer" (runtime.integer, format 3 files
+#: that decode bit-exactly anywhere) or "float" (h_s.onnx, format 2, tied to one machine)
+HYPER_PATHS = ("integer", "float")
+DEFAULT_HYPER = "integer"
 
 
 @dataclass
@@ -185,10 +190,13 @@ def export_model(
     rewrite: bool = True,
     opset: int = 17,
     overwrite: bool = False,
+    hyper: str = DEFAULT_HYPER,
 ) -> Path:
     """Write the export folder of `model` (atomically) and return it."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise RecipeError(f"opset {opset} is not supported; allowed: {MIN_OPSET}..{MAX_OPSET}")
+    if hyper not in HYPER_PATHS:
+        raise RecipeError(f"hyper path {hyper!r} is not known; allowed: {', '.join(HYPER_PATHS)}")
     folder_hook = exporter_of(model).folder
     if folder_hook is not None:
         return folder_hook(model, out_dir, rewrite=rewrite, opset=opset, overwrite=overwrite)
@@ -204,12 +212,14 @@ def export_model(
         for name, module in spec.graphs.items():
             graph = rewrites.rewrite(module, subpixel=rewrite)
             export_graph(graph, probe[name], tmp / f"{name}.onnx", opset)
-        np.savez(tmp / mf.TABLES, **spec.tables)
+        # compressed: the Gaussian CDFs are ~3 MB raw, ~0.1 MB packed (np.load reads both)
+        np.savez_compressed(tmp / mf.TABLES, **spec.tables)
+        integer = _integer_tables(spec, tmp) if hyper == "integer" else None
         # a second, transposed size proves the height/width axes really are dynamic
         images = [example_image(2 * m, 3 * m), example_image(3 * m, m)]
         diffs = parity(spec, tmp, images)
         _check_parity(spec, diffs, probe)
-        names = [f"{g}.onnx" for g in spec.graphs] + [mf.TABLES]
+        names = [f"{g}.onnx" for g in spec.graphs] + [mf.TABLES] + ([ri.FILE] if integer else [])
         manifest = mf.Manifest(
             arch=model.arch,
             kind=spec.kind,
@@ -222,12 +232,29 @@ def export_model(
                 "config": model.config,
                 "rewritten": rewrite,
                 "parity_max_abs_diff": diffs,
+                "hyper": "integer" if integer else "float",
+                **({"integer_hyper": integer} if integer else {}),
                 "versions": versions(),
             },
         )
         manifest.write(tmp)
     log.info("exported %s (%s) to %s, id %s", model.arch, spec.kind, out_dir, manifest.model_id)
     return out_dir
+
+
+def _integer_tables(spec: ExportSpec, folder: Path) -> dict[str, float] | None:
+    """Write hyper_int.npz for a hyperprior kind (None for others); its agreement with h_s."""
+    if spec.kind not in mf.INTEGER_KINDS:
+        return None
+    from compressor.export import integer_hs  # torch side of the integer path
+
+    calib = [graph_inputs(spec, example_image(h, w))["h_s"] for h, w in ((256, 384), (384, 128))]
+    medians = spec.tables["eb_medians"]
+    hyper = integer_hs.build(
+        spec.graphs["h_s"], spec.kind, medians, spec.tables["gc_scale_table"], calib
+    )
+    np.savez_compressed(folder / ri.FILE, **hyper.to_arrays())
+    return integer_hs.agreement(spec, hyper, calib)
 
 
 def _latents(

@@ -3,8 +3,14 @@
 Implements the compressor.codec.Codec protocol (name, encode, decode), so `validate` measures
 it against the torch baseline on the same images. The arithmetic between the graphs follows
 CompressAI's compress()/decompress() exactly: symbols are round(y - mu) (round half to
-even, like torch.round), the scale index counts the scale-table entries below the scale, and
-the decoder reruns h_s through the same session type, so both sides pick identical tables.
+even, like torch.round) and the scale index counts the scale-table entries below the scale.
+
+Which h_s picks the tables: an export with integer tables (hyper_int.npz, the default for
+hyperprior kinds) computes indexes and means in exact integers (compressor.runtime.integer)
+and writes container format 3, which decodes identically on any machine, thread count, ORT
+version or optimisation level. An export without them runs the float h_s.onnx on both
+sides and writes format 2: it decodes only where ONNX Runtime reproduces the encoder's last
+bits of every scale (the same kernels; in practice the same machine and session options).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from compressor.errors import (
     RecipeError,
 )
 from compressor.runtime import container, image, tiles
+from compressor.runtime import integer as ri
 from compressor.runtime import manifest as mf
 from compressor.runtime.entropy import MAX_ABS_VALUE, Decoder, Encoder, Tables
 from compressor.threads import resolve_threads
@@ -40,9 +47,23 @@ PROVIDERS = {
 }
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+#: ONNX Runtime graph optimisation levels by name (ORT's default is "all")
+OPTIMIZATION = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def session_options(threads: int | None, optimization: str = "all") -> ort.SessionOptions:
     """None: every core this process may use; out of range: the RecipeError of resolve_threads."""
+    if optimization not in OPTIMIZATION:
+        raise RecipeError(
+            f"graph optimisation {optimization!r} is not known; allowed: {', '.join(OPTIMIZATION)}"
+        )
     opts = ort.SessionOptions()
+    opts.graph_optimization_level = OPTIMIZATION[optimization]
     opts.intra_op_num_threads = resolve_threads(threads)
     opts.inter_op_num_threads = 1
     # idle threads sleep: on a busy machine a spinning one waits for a core it does not get
@@ -67,7 +88,14 @@ def providers_for(provider: str) -> list[str]:
 class OrtCodec:
     """The deployable codec of one export folder."""
 
-    def __init__(self, folder: Path, provider: str = "cpu", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        provider: str = "cpu",
+        threads: int | None = None,
+        optimization: str = "all",
+        hyper: str | None = None,
+    ) -> None:
         self.folder = mf.locate(Path(folder))
         self.manifest = mf.read(self.folder)
         mf.verify(self.folder, self.manifest)
@@ -76,11 +104,25 @@ class OrtCodec:
         self.model_id = bytes.fromhex(self.manifest.model_id[: 2 * container.MODEL_ID_BYTES])
         self.pad_multiple = self.manifest.pad_multiple
         self.provider, self.threads = provider, threads
-        opts, providers = session_options(threads), providers_for(provider)
+        opts, providers = session_options(threads, optimization), providers_for(provider)
         self.sessions = {
             g: _session(self.folder / f"{g}.onnx", opts, providers) for g in mf.GRAPHS[self.kind]
         }
         self._load_tables(self.folder / mf.TABLES)
+        #: the integer hyper-decoder (decodes format 3 files), None in a float-only export
+        self.integer: ri.IntegerHyper | None = None
+        if ri.FILE in self.manifest.files and self.kind in mf.INTEGER_KINDS:
+            self.integer = ri.IntegerHyper.load(str(self.folder / ri.FILE))
+        #: the path encode() uses: "integer" (format 3) where the export has it, else "float"
+        self.hyper = hyper or ("integer" if self.integer else "float")
+        if self.hyper not in ("integer", "float") or (self.hyper == "integer" and not self.integer):
+            raise RecipeError(
+                f"hyper path {hyper!r} is not available in {self.folder}; it has: "
+                f"{'integer, float' if self.integer else 'float'}"
+            )
+        self.version = (
+            container.FORMAT_VERSION if self.hyper == "integer" else container.FLOAT_VERSION
+        )
         #: latents per side of each g_a / g_s tile (None: whole images); only memory depends
         #: on it, the bytes and pixels do not (tests/unit/test_runtime_bounds.py)
         self.tile: int | None = tiles.TILE
@@ -97,21 +139,48 @@ class OrtCodec:
             raise DataError(str(e)) from None
         pad = image.padding(h, w, self.pad_multiple)
         y = self._analyze(rgb8, pad, self.tile)
-        enc = Encoder()
+        header = container.Header(self.model_id, h, w, pad, self.version)
         if self.kind == "factorized":
-            enc.latent(_symbols(y, self.medians), self._channel_index(y.shape), self.bottleneck)
+            return self.encode_symbols(header, {"y": _symbols(y, self.medians)})
+        z_sym = _symbols(self._run("h_a", y, "z"), self.medians)
+        means = None
+        if self.kind == "mean-scale-hyperprior":  # y's symbols are centred on h_s's means
+            means = self._hyper(z_sym, y.shape, integer=self.hyper == "integer")[1]
+        return self.encode_symbols(header, {"z": z_sym, "y": _symbols(y, means)})
+
+    def encode_symbols(self, header: container.Header, symbols: dict[str, np.ndarray]) -> bytes:
+        """The file of given integer latents: what decode_latents returns, coded again.
+
+        Needs no float graph under format 3 (the scale indexes come from z's symbols in
+        integers), so golden bitstreams are reproduced byte for byte on any machine.
+        """
+        enc = Encoder()
+        y_sym = symbols["y"]
+        if self.kind == "factorized":
+            enc.latent(y_sym, self._channel_index(y_sym.shape), self.bottleneck)
         else:
-            z = self._run("h_a", y, "z")
-            z_sym = _symbols(z, self.medians)
-            enc.latent(z_sym, self._channel_index(z.shape), self.bottleneck)
-            indexes, means = self._hyper(z_sym.astype(np.float32) + self.medians, y.shape)
-            enc.latent(_symbols(y, means), indexes, self.gaussian)
-        header = container.Header(self.model_id, h, w, pad)
-        return container.pack(header, enc.finish())
+            z_sym = symbols["z"]
+            enc.latent(z_sym, self._channel_index(z_sym.shape), self.bottleneck)
+            integer = header.version >= container.FORMAT_VERSION
+            indexes, _ = self._hyper(z_sym, y_sym.shape, integer)
+            enc.latent(y_sym, indexes, self.gaussian)
+        return container.pack(header, enc.finish(check=header.version >= 2))
 
     def decode(self, data: bytes, *, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> np.ndarray:
         """The image of a file; BitstreamError if it is corrupt or declares over max_pixels."""
+        header, _, y_hat = self.decode_latents(data, max_pixels=max_pixels)
+        return self._synthesize(y_hat, header.pad, self.tile)
+
+    def decode_latents(
+        self, data: bytes, *, max_pixels: int = container.DEFAULT_MAX_PIXELS
+    ) -> tuple[container.Header, dict[str, np.ndarray], np.ndarray]:
+        """(header, integer symbols by latent name, y_hat): everything before g_s.
+
+        With the integer hyper path (format 3) all of it is exact, so it is what golden
+        bitstreams and the bit-exactness matrix compare across machines and sessions.
+        """
         header, payload = container.unpack(data)
+        self.check_version(header.version)
         self.check_model(header.model_id)
         container.check_pixels(header.height, header.width, max_pixels)
         if header.pad != image.padding(header.height, header.width, self.pad_multiple):
@@ -121,19 +190,36 @@ class OrtCodec:
             )
         y_shape = self._latent_shape("y", header.padded)
         dec = Decoder(payload, check=header.version >= 2)
+        symbols: dict[str, np.ndarray] = {}
         if self.kind == "factorized":
-            y_hat = self._dequantize(
-                dec.latent(self._channel_index(y_shape), self.bottleneck), y_shape
-            )
+            y_int = dec.latent(self._channel_index(y_shape), self.bottleneck)
+            symbols["y"] = y_int.reshape(y_shape)
+            y_hat = self._dequantize(y_int, y_shape)
         else:
             z_shape = self._latent_shape("z", header.padded)
             z_sym = dec.latent(self._channel_index(z_shape), self.bottleneck).reshape(z_shape)
-            z_hat = z_sym.astype(np.float32) + self.medians
-            indexes, means = self._hyper(z_hat, y_shape, BitstreamError)
-            y_sym = dec.latent(indexes, self.gaussian).reshape(y_shape).astype(np.float32)
+            integer = header.version >= container.FORMAT_VERSION
+            indexes, means = self._hyper(z_sym, y_shape, integer, BitstreamError)
+            symbols["z"] = z_sym
+            symbols["y"] = dec.latent(indexes, self.gaussian).reshape(y_shape)
+            y_sym = symbols["y"].astype(np.float32)
             y_hat = y_sym if means is None else y_sym + means
         dec.finish()
-        return self._synthesize(y_hat.astype(np.float32), header.pad, self.tile)
+        return header, symbols, y_hat.astype(np.float32)
+
+    def check_version(self, version: int) -> None:
+        """A format-3 file needs the integer hyper path; formats 1-2 run the float h_s, which
+        every hyperprior export carries (integer exports too)."""
+        if (
+            version >= container.FORMAT_VERSION
+            and self.integer is None
+            and self.kind != "factorized"
+        ):
+            raise BitstreamError(
+                f"bitstream is format {version} (integer hyper-decoder) but this export "
+                f"({self.folder}) is float-only and reads formats 1-{container.FLOAT_VERSION}: "
+                "decode it with the export that encoded it (one with hyper_int.npz)"
+            )
 
     def check_model(self, model_id: bytes) -> None:
         if model_id != self.model_id:
@@ -215,12 +301,20 @@ class OrtCodec:
 
     def _hyper(
         self,
-        z_hat: np.ndarray,
+        z_sym: np.ndarray,
         y_shape: tuple[int, ...],
+        integer: bool,
         error: type[CompressorError] = CompressorError,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """(scale-table indexes, means or None) for y, from h_s(z_hat)."""
-        params = self._run("h_s", z_hat.astype(np.float32), "scales", error)
+        """(scale-table indexes, means or None) for y, from h_s of the z symbols."""
+        if integer and self.integer is not None:  # exact integers: the same on every machine
+            z_shape = (1, self.medians.size, *z_sym.shape[-2:])
+            indexes, means = self.integer(z_sym.reshape(z_shape))
+            if indexes.size != int(np.prod(y_shape)):
+                raise CheckpointError(f"integer h_s gives {indexes.size} scales for y {y_shape}")
+            return indexes, means
+        z_hat = z_sym.astype(np.float32) + self.medians
+        params = self._run("h_s", z_hat, "scales", error)
         if self.kind == "mean-scale-hyperprior":
             scales, means = np.split(params, 2, axis=1)
         else:

@@ -14,7 +14,14 @@ Layout (all varints are LEB128, compressor.bitstream):
 The CRC is checked before any field is trusted, so a truncated file or flipped bytes give a
 clear error instead of a garbage image, and size fields of a damaged file never size a buffer.
 
-Versions: 2 (written now) ends the ANS payload with a 32-bit end check (runtime.entropy), so a
+Versions: 3 (the default of hyperprior exports) is 2 whose scale-table indexes (and means)
+come from the integer hyper-decoder (compressor.runtime.integer): it decodes bit-exactly on
+any machine, and only with an export that carries the integer tables (hyper_int.npz); a
+float-only export refuses it by name. 2 (float h_s run by ONNX Runtime; factorized and rnn
+exports, which have no h_s, also write 2) decodes only where h_s gives the encoder's last bits
+of every scale: the same kernels, in practice the same machine, ORT version and session
+options (measured: another graph-optimisation level loses some Kodak files). 2 ends
+the ANS payload with a 32-bit end check (runtime.entropy), so a
 CRC-valid file whose payload is empty or short is refused before any graph runs. 1 (no end
 check) is still read, with the weaker end test it always had.
 
@@ -32,9 +39,12 @@ from compressor import bitstream
 from compressor.errors import BitstreamError
 
 MAGIC = b"CMPR"
-FORMAT_VERSION = 2
+#: the newest format: scale indexes (and means) from the integer hyper-decoder
+FORMAT_VERSION = 3
+#: what an export without integer tables (float h_s, factorized, rnn) writes
+FLOAT_VERSION = 2
 #: versions unpack() accepts; 1 lacks the payload end check
-READ_VERSIONS = (1, 2)
+READ_VERSIONS = (1, 2, 3)
 MODEL_ID_BYTES = 8
 #: the largest image a file may describe (about 33 Mpx, e.g. 8192 x 4096): a bound on memory
 MAX_PIXELS = 1 << 25
@@ -52,7 +62,7 @@ class Header:
     height: int
     width: int
     pad: tuple[int, int, int, int]  # top, bottom, left, right
-    version: int = FORMAT_VERSION
+    version: int = FLOAT_VERSION
 
     @property
     def padded(self) -> tuple[int, int]:

@@ -38,6 +38,8 @@ LATENTS = {
     "mean-scale-hyperprior": ("y", "z"),
     "rnn": ("bits",),
 }
+#: kinds whose scale indexes may come from the integer hyper-decoder (runtime.integer)
+INTEGER_KINDS = ("scale-hyperprior", "mean-scale-hyperprior")
 #: kinds whose codes are stored as they are, without entropy tables
 NO_TABLES = ("rnn",)
 

@@ -42,7 +42,10 @@ def test_export_writes_checked_graphs_and_manifest(arch: str, tmp_path: Path) ->
     manifest = json.loads((folder / "manifest.json").read_text())
     graphs = mf.GRAPHS[manifest["kind"]]
     assert len(graphs) == (2 if arch == "bmshj2018-factorized" else 4)
-    assert set(manifest["files"]) == {f"{g}.onnx" for g in graphs} | {"entropy.npz"}
+    # hyperprior kinds carry the integer hyper-decoder by default (compressor.runtime.integer)
+    integer = {"hyper_int.npz"} if manifest["kind"] in mf.INTEGER_KINDS else set()
+    assert set(manifest["files"]) == {f"{g}.onnx" for g in graphs} | {"entropy.npz"} | integer
+    assert manifest["hyper"] == ("integer" if integer else "float")
     assert manifest["opset"] == 17 and manifest["arch"] == arch
     assert len(manifest["model_id"]) == 64
     assert {"torch", "onnx", "onnxruntime", "compressai"} <= set(manifest["versions"])

@@ -118,6 +118,8 @@ def test_short_payload_is_corrupt_before_synthesis(
 
 
 def test_format_1_files_still_decode(codec: OrtCodec, monkeypatch: pytest.MonkeyPatch) -> None:
+    # formats 1 and 2 are the float hyper path (format 3: the integer one, test_integer_path)
+    codec = OrtCodec(codec.folder, threads=1, hyper="float")
     rgb8 = smooth_image(80, 96, seed=2)
     v2 = codec.encode(rgb8)
 
@@ -130,8 +132,8 @@ def test_format_1_files_still_decode(codec: OrtCodec, monkeypatch: pytest.Monkey
     v1 = container.pack(replace(header, version=1), payload)
     assert v1[4] == 1 and v2[4] == 2 and len(v2) > len(v1)
     assert np.array_equal(codec.decode(v1), codec.decode(v2))
-    with pytest.raises(BitstreamError, match=r"version 3 is not supported.*versions 1, 2"):
-        codec.decode(v1[:4] + b"\x03" + v1[5:])
+    with pytest.raises(BitstreamError, match=r"version 4 is not supported.*versions 1, 2, 3"):
+        codec.decode(v1[:4] + b"\x04" + v1[5:])
 
 
 # -- tiles ---------------------------------------------------------------------------------
