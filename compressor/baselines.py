@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from compressor.errors import RecipeError
+from compressor.progress import Reporter
 
 #: quality sweeps used when a report asks for none
 DEFAULT_QUALITIES = {
@@ -106,5 +107,39 @@ def mean_curve(rows: list[dict[str, Any]], key: str = "quality") -> list[dict[st
         for metric in ("bpp", "psnr", "ssim", "ms_ssim"):
             values = [r[metric] for r in group if r.get(metric) is not None]
             point[metric] = float(np.mean(values)) if values else float("nan")
+        points.append(point)
+    return sorted(points, key=lambda p: p["bpp"])
+
+
+def timed_sweep(
+    images: list[tuple[str, np.ndarray]],
+    kind: str,
+    qualities: Iterable[int] | None = None,
+    *,
+    threads: int | None = None,
+    reporter: Reporter | None = None,
+) -> list[dict[str, Any]]:
+    """One RD point per quality, in increasing bpp: the means over images of bpp, PSNR, SSIM,
+    MS-SSIM and encode / decode ms, measured by compressor.compare like every learned codec
+    (one timed round, qualities interleaved image by image)."""
+    from compressor.compare import compare
+
+    chosen = DEFAULT_QUALITIES.get(kind, ()) if qualities is None else qualities
+    codecs = [PillowCodec(kind, q) for q in chosen]
+    result = compare(
+        codecs,
+        images,
+        1,
+        estimate=False,
+        threads=threads,
+        reporter=reporter,
+        description=f"{kind} sweep",
+    )
+    points = []
+    for codec in codecs:
+        r = result[codec.name]
+        point: dict[str, Any] = {"label": codec.name, "quality": codec.quality}
+        for key in ("bpp", "psnr", "ssim", "ms_ssim", "encode_ms", "decode_ms"):
+            point[key] = r.mean(key)
         points.append(point)
     return sorted(points, key=lambda p: p["bpp"])

@@ -74,7 +74,10 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="run name: the folder exported/<name>")
-    model: str = Field(description="checkpoint path, or 'bundled' for the embedded default")
+    model: str | list[str] = Field(
+        description="checkpoint / export path, or 'bundled' for the embedded default; a family "
+        "(one model per lambda): a list of them, or a glob such as 'models/*.pt'"
+    )
     arch: str | None = None
     data: DataSpec = Field(default_factory=DataSpec)
     threads: int | None = Field(None, ge=1)
@@ -83,6 +86,16 @@ class Recipe(BaseModel):
     )
     output: str | None = Field(None, description="run folder; default exported/<name>")
     steps: list[tuple[str, BaseModel]]
+
+    @field_validator("model")
+    @classmethod
+    def _models(cls, value: str | list[str]) -> str | list[str]:
+        items = value if isinstance(value, list) else [value]
+        if not items or any(not item.strip() for item in items):
+            raise ValueError("model must name a model, or list the members of a family")
+        if len(set(items)) != len(items):
+            raise ValueError("model: a family lists each member once")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,61 @@ def plot_rd(
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def _figure() -> tuple[Any, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(7, 4.5), dpi=110)
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_curves(
+    path: Path,
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    ylabel: str,
+    title: str,
+) -> None:
+    """RD curves: mean bpp against a quality, one line with markers per codec, in
+    increasing bpp."""
+    fig, ax = _figure()
+    for name, (xs, ys) in curves.items():
+        pairs = sorted(zip(xs, ys, strict=True))
+        ax.plot([x for x, _ in pairs], [y for _, y in pairs], marker="o", ms=4, label=name)
+    ax.set_xlabel("bits per pixel (mean over images, real bitstreams)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_speed(path: Path, points: dict[str, tuple[float, float]], title: str) -> None:
+    """Speed against quality: each codec's mean encode + decode ms per image against its
+    BD-rate vs the baseline family (0 for the baseline itself)."""
+    fig, ax = _figure()
+    for name, (ms, bd) in points.items():
+        ax.scatter([ms], [bd], s=40, label=name)
+        ax.annotate(name, (ms, bd), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("encode + decode ms per image (mean; log scale)")
+    ax.set_ylabel("BD-rate vs baseline family, PSNR (%; lower is better)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
 
 
 def write_eval_report(folder: Path, result: Any, title: str) -> None:

@@ -87,6 +87,8 @@ class RunFolder:
     recipe: str
     steps: list[str] = field(default_factory=list)
     started: str = field(default_factory=_now)
+    #: a family run's members that failed, with their one-line errors
+    failed_members: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def open(cls, final: Path, mode: str, recipe: str) -> RunFolder:
@@ -115,6 +117,7 @@ class RunFolder:
             "started": self.started,
             "updated": _now(),
             "steps": self.steps,
+            **({"failed_members": self.failed_members} if self.failed_members else {}),
             **({"error": error} if error else {}),
         }
         write_text(self.work / MARK, json.dumps(data, indent=2) + "\n")
@@ -139,11 +142,16 @@ class RunFolder:
         self.mark(status, error)
 
 
-def _remove_partials(folder: Path) -> None:
-    """Half-written step folders of a run that was killed (atomic_dir's temporaries)."""
+def _remove_partials(folder: Path, depth: int = 1) -> None:
+    """Half-written step folders of a run that was killed (atomic_dir's temporaries), in
+    the run folder and in a family's member folders."""
     for child in folder.iterdir():
-        if child.is_dir() and child.name.startswith(".") and child.name.endswith(".partial"):
+        if not child.is_dir():
+            continue
+        if child.name.startswith(".") and child.name.endswith(".partial"):
             shutil.rmtree(child, ignore_errors=True)
+        elif depth > 0 and not child.name.startswith("."):
+            _remove_partials(child, depth - 1)
 
 
 def _remove_stale(parent: Path, name: str) -> None:

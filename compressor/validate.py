@@ -30,6 +30,16 @@ class Gates(BaseModel):
     )
     min_encode_speedup: float | None = Field(None, gt=0)
     min_decode_speedup: float | None = Field(None, gt=0)
+    max_bd_rate: float | None = Field(
+        None, description="families only: BD-rate in PSNR vs the baseline family, % (0.5 = +0.5%)"
+    )
+    max_bd_rate_ms_ssim: float | None = Field(
+        None, description="families only: BD-rate in MS-SSIM (dB) vs the baseline family, %"
+    )
+
+    def family_gates(self) -> list[str]:
+        """The gates set here that judge a family's curve (BD-rate), not one model."""
+        return [g for g in FAMILY_GATES if getattr(self, g) is not None]
 
 
 @dataclass
@@ -78,16 +88,25 @@ GATE_RULES = {
     "min_speedup": ("speedup", False),
     "min_encode_speedup": ("encode_speedup", False),
     "min_decode_speedup": ("decode_speedup", False),
+    "max_bd_rate": ("bd_rate_psnr", True),
+    "max_bd_rate_ms_ssim": ("bd_rate_ms_ssim", True),
 }
+#: gates on a family's curve: applied once per family run (compressor.families.judge), never
+#: to one member's comparison
+FAMILY_GATES = ("max_bd_rate", "max_bd_rate_ms_ssim")
 
 
-def apply_gates(gates: Gates, deltas: dict[str, float | None]) -> list[dict[str, Any]]:
+def apply_gates(
+    gates: Gates, deltas: dict[str, float | None], *, family: bool = False
+) -> list[dict[str, Any]]:
+    """One row per gate set: the point gates on one comparison's deltas, or (`family`) the
+    BD-rate gates on a family's BD values. A value that could not be measured fails."""
     rows = []
     for name, limit in gates.model_dump().items():
-        if limit is None:
+        if limit is None or (name in FAMILY_GATES) != family:
             continue
         key, upper = GATE_RULES[name]
-        value = deltas[key]
+        value = deltas.get(key)
         ok = value is not None and (value <= limit if upper else value >= limit)
         rows.append({"gate": name, "limit": limit, "value": value, "passed": ok})
     return rows

@@ -286,19 +286,37 @@ def _print_validation(result: Any, out: Path) -> None:
     default=None,
     help="Run folder [default: the recipe's output, else exported/<name>].",
 )
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="Override the recipe's model; give it several times (or a quoted glob) for a family.",
+)
 @resume_options
 @handle_errors
-def run_recipe(recipe: Path, output: Path | None, resume: bool, overwrite: bool) -> None:
+def run_recipe(
+    recipe: Path, output: Path | None, models: tuple[str, ...], resume: bool, overwrite: bool
+) -> None:
     """Run a recipe end to end: every step, artifacts in exported/<run>/NN_<step>/.
 
-    The whole recipe and the output folder are checked before any weights load or any file
-    changes. A folder that no run made is never written into; a finished run is replaced only
-    with --overwrite (and only once the new run finished). Exit 1 if a validation gate fails."""
+    A family (model: a list or glob, or --model several times) runs the steps on every
+    member in exported/<run>/<member>/NN_<step>/ and judges the family by BD-rate in
+    exported/<run>/family/. The whole recipe and the output folder are checked before any
+    weights load or any file changes. A folder that no run made is never written into; a
+    finished run is replaced only with --overwrite (and only once the new run finished).
+    Exit 1 if a validation gate fails or a family member failed (the others are kept)."""
     from compressor import pipeline
+    from compressor.recipe import parse_recipe, read_recipe_file
     from compressor.rich_ui import RichReporter, table
     from compressor.rich_ui import out as stdout
 
-    plan = pipeline.load_plan(recipe, output, resume=resume, overwrite=overwrite)
+    raw = read_recipe_file(recipe)
+    if models and isinstance(raw, dict):
+        raw["model"] = list(models) if len(models) > 1 else models[0]
+    parsed = parse_recipe(raw, str(recipe))
+    plan = pipeline.plan(
+        parsed, output, source=str(recipe), raw=raw, resume=resume, overwrite=overwrite
+    )
     result = pipeline.run(plan, RichReporter())
     rows = [
         [
@@ -313,18 +331,43 @@ def run_recipe(recipe: Path, output: Path | None, resume: bool, overwrite: bool)
 
 
 def finish_run(result: Any) -> None:
-    """The end of every recipe run: where the artifacts are, and exit 1 if a gate failed."""
+    """The end of every recipe run: where the artifacts are, and exit 1 if a gate failed
+    (or, in a family run, a member failed)."""
     from compressor.errors import GateFailed
     from compressor.rich_ui import out as stdout
 
+    if result.members:
+        _print_family(result)
     if result.reused:
         stdout.print(f"kept {result.reused} step(s) finished earlier with the same inputs")
     stdout.print(f"artifacts: {result.run_dir}")
+    if result.failed_members:
+        names = ", ".join(result.failed_members)
+        raise GateFailed(f"family member(s) failed: {names}; see {result.final.path}/report.md")
     if not result.passed:
         raise GateFailed(f"a validation gate failed; see {result.artifacts[-1].path}/report.md")
 
 
+def _print_family(result: Any) -> None:
+    """The family's BD values and verdict, from its report."""
+    import json
+
+    from compressor.families.report import BD_KEYS
+    from compressor.rich_ui import out as stdout
+    from compressor.rich_ui import table
+
+    report = json.loads((Path(result.final.path) / "report.json").read_text())
+    rows = [[tag, *[v.get(k) for k in BD_KEYS]] for tag, v in report["bd"].items()]
+    columns = ["test vs anchor", "BD-rate PSNR %", "BD-rate MS-SSIM %", "BD-PSNR dB"]
+    stdout.print(table(f"family ({report['bd_method']})", columns, rows))
+    for name, error in report["failed_members"].items():
+        stdout.print(f"member {name} failed: {error}")
+    stdout.print(f"family: {report['verdict']}")
+
+
 SUMMARY_KEYS = (
+    "bd_rate_psnr",
+    "bd_rate_ms_ssim",
     "bpp",
     "psnr",
     "ms_ssim",

@@ -10,15 +10,20 @@ import click
 from compressor.cli.common import handle_errors, resume_options
 
 
-def overridden(recipe: Path, model: str | None, data: str | None) -> tuple[Any, dict[str, Any]]:
+def overridden(
+    recipe: Path, model: str | tuple[str, ...] | None, data: str | None
+) -> tuple[Any, dict[str, Any]]:
     """The recipe (and its raw mapping) with --model / --data (the calibration folder) applied,
-    checked as a whole: an override is validated like the recipe's own fields."""
+    checked as a whole: an override is validated like the recipe's own fields. Several
+    --model values make a family."""
     from compressor.errors import RecipeError
     from compressor.recipe import parse_recipe, read_recipe_file
 
     raw = read_recipe_file(recipe)
     if isinstance(raw, dict):
-        if model is not None:
+        if isinstance(model, tuple) and model:
+            raw["model"] = list(model) if len(model) > 1 else model[0]
+        elif isinstance(model, str):
             raw["model"] = model
         if data is not None:
             raw["data"] = {**(raw.get("data") or {}), "calibration": data}
@@ -69,7 +74,12 @@ def qat_line(qat: dict[str, Any], check: dict[str, Any]) -> str:
 @click.option(
     "--recipe", required=True, type=click.Path(path_type=Path), help="Recipe with a quantize step."
 )
-@click.option("--model", default=None, help="Override the recipe's model (checkpoint or export).")
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    help="Override the recipe's model (checkpoint or export); several times: a family.",
+)
 @click.option("--data", default=None, help="Override data.calibration (calibration images).")
 @click.option(
     "--output",
@@ -81,7 +91,7 @@ def qat_line(qat: dict[str, Any], check: dict[str, Any]) -> str:
 @handle_errors
 def quantize(
     recipe: Path,
-    model: str | None,
+    models: tuple[str, ...],
     data: str | None,
     output: Path | None,
     resume: bool,
@@ -95,7 +105,7 @@ def quantize(
     from compressor.cli.commands import finish_run
     from compressor.rich_ui import RichReporter
 
-    parsed, raw = overridden(recipe, model, data)
+    parsed, raw = overridden(recipe, models, data)
     plan = pipeline.plan(
         parsed, output, source=str(recipe), raw=raw, resume=resume, overwrite=overwrite
     )

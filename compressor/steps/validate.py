@@ -1,17 +1,25 @@
-"""Step `validate`: the current model against the recipe's input model, with gates."""
+"""Step `validate`: the current model against the recipe's input model, with gates.
+
+In a family run every member runs this step (its own comparison and point gates, in its
+own folder); the run then judges the family from these reports (compressor.families: BD
+values, the BD-rate gates, classical codecs)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from compressor.artifact import Artifact
 from compressor.codec import open_codec
 from compressor.errors import RecipeError
+from compressor.metrics.bdrate import MIN_OVERLAP
 from compressor.report import write_validation_report
 from compressor.steps import STEPS, RunContext, StepSpec, register
 from compressor.validate import Gates, validate
+
+Reference = Literal["jpeg", "webp"]
 
 
 class ValidateParams(BaseModel):
@@ -24,6 +32,20 @@ class ValidateParams(BaseModel):
         None,
         description="an earlier step (e.g. export) whose output is the baseline; default: the "
         "recipe's input model",
+    )
+    # families only (model: a list or glob): how the family's curves are judged
+    bd_method: Literal["pchip", "akima", "cubic"] = Field(
+        "pchip", description="families: BD interpolation (pchip: the JCT-VC / JVET CTC sheets)"
+    )
+    min_overlap: float = Field(
+        MIN_OVERLAP,
+        gt=0,
+        le=1,
+        description="families: share of the two curves' joint range both must cover",
+    )
+    references: list[Reference] = Field(
+        default_factory=lambda: list(get_args(Reference)),
+        description="families: classical codecs swept over quality on the same images",
     )
 
 
