@@ -201,3 +201,41 @@ def test_one_ulp_on_float_h_s_breaks_float_path_not_integer(tmp_path: Path) -> N
                 codec._run = run  # type: ignore[method-assign]
         results[hyper] = broken
     assert results["float"] >= 1 and results["integer"] == 0
+
+
+# -- the fine-tune --------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", KINDS)
+def test_straight_through_forward_matches_the_runtime(arch: str, tmp_path: Path) -> None:
+    from compressor.export.onnx import spec_of
+    from compressor.integer_train import calibration, integer_forward
+
+    model = loud(arch, seed=6)
+    folder = export_model(model, tmp_path / "e")
+    hyper = ri.IntegerHyper.load(str(folder / ri.FILE))
+    z_hat = calibration(model)[0]
+    medians = spec_of(model).tables["eb_medians"].reshape(1, -1, 1, 1)
+    idx, _ = hyper(np.rint(z_hat.numpy() - medians).astype(np.int64))
+    table = torch.from_numpy(spec_of(model).tables["gc_scale_table"][:-1])
+    with torch.no_grad(), integer_forward(model.net.h_s, calibration(model)):
+        params = model.net.h_s(z_hat)
+    scales = params[:, : hyper.thresholds.shape[0]].reshape(-1, 1)
+    ste_idx = (table[None, :] < scales).sum(1).numpy()
+    assert (ste_idx == idx).mean() >= 0.99  # what training sees is what the runtime does
+
+
+def test_finetune_trains_only_h_s_and_leaves_plain_names(tmp_path: Path) -> None:
+    from compressor.integer_train import finetune_integer
+    from compressor.train import TrainConfig
+
+    model = loud("bmshj2018-hyperprior", seed=7)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = [smooth_image(96, 96, seed=s) for s in range(6)]
+    cfg = TrainConfig(crop=64, val_crop=64, batch_size=2, max_steps=2, eval_every=1, lr=1e-3)
+    finetune_integer(model, images, cfg, tmp_path / "ft.pt")
+    after = model.state_dict()
+    assert set(after) == set(before) and (tmp_path / "ft.pt").exists()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("h_s.") for k in changed)
+    assert not any(k.startswith(("g_a.", "g_s.", "h_a.")) for k in changed)
+    assert all(p.requires_grad for p in model.net.parameters())
+    assert not model.net.h_s[0]._forward_hooks  # the hooks are gone
