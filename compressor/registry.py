@@ -27,6 +27,13 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.concept} {name!r} is registered twice")
         self._items[name] = item
 
+    def remove(self, name: str) -> T:
+        """Unregister `name` and return what it held (a plugin registered only for a while,
+        e.g. a test family); an unknown name is the same error as get's."""
+        item = self.get(name)
+        del self._items[name]
+        return item
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,15 @@ from click.testing import CliRunner
 from compressor.cli import main
 from tests.conftest import REPO, write_images
 
-RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+def single_model(recipe: Path) -> bool:
+    """A recipe of one model; a family recipe (model: a list or a glob) needs several members
+    and is the family tests' (tests/e2e/test_families.py), not shrink()'s one tiny model."""
+    model = yaml.safe_load(recipe.read_text())["model"]
+    return isinstance(model, str) and not any(c in model for c in "*?[")
+
+
+RECIPES = [r for r in sorted((REPO / "recipes").glob("*.yaml")) if single_model(r)]
 
 
 def shrink(recipe: Path, tmp_path: Path, model: Path) -> Path:
@@ -50,6 +59,51 @@ def shrink(recipe: Path, tmp_path: Path, model: Path) -> Path:
     return out
 
 
+#: gates whose verdict is a latency ratio: on tiny graphs (a few ms) and a shared 2-core
+#: machine it swings either side of any limit from run to run (measured for the same
+#: hyperprior-int8 pair: encode speedup 0.29 in one run, 3.9 in another), so the test asserts
+#: that they are reported with numbers, and that the exit code follows the report's verdicts
+TIMING_GATES = {"min_speedup", "min_encode_speedup", "min_decode_speedup"}
+#: the verdict of every other gate of each recipe on the tiny random model (seed 0, N=8/M=12,
+#: images 96..128 px): what the code must produce, and why
+NON_TIMING_VERDICTS: dict[str, dict[str, bool]] = {
+    # max_ms_ssim_drop fails: MS-SSIM's 5 scales of an 11x11 window need more than 160 px, the
+    # images are 96..128 px, so MS-SSIM is undefined (None) and an unmeasurable gate never
+    # passes. max_bpp_increase fails: the baseline is the torch checkpoint, the candidate the
+    # runtime export, whose container (magic, version, model id, padding, CRC) frames the
+    # payload in a few more bytes than TorchCodec's two varints; a random tiny model codes
+    # ~45 bytes per image, so that fixed framing alone is +18 % (> 2 %)
+    "default": {"max_psnr_drop_db": True, "max_ms_ssim_drop": False, "max_bpp_increase": False},
+    # the half-width student codes fewer bytes (-27 %) at the same ~6 dB of a random model
+    "hyperprior-distill": {"max_psnr_drop_db": True, "max_bpp_increase": True},
+    # INT8 against its own float export: the same container, PSNR within 0.01 dB
+    "hyperprior-int8-accuracy": {"max_psnr_drop_db": True, "max_bpp_increase": True},
+    "hyperprior-int8-ptq": {"max_psnr_drop_db": True, "max_bpp_increase": True},
+    "hyperprior-int8-qat": {"max_psnr_drop_db": True, "max_bpp_increase": True},
+    # the torch checkpoint against the runtime export: the container's framing as in default
+    "hyperprior-prune30-int8": {"max_psnr_drop_db": True, "max_bpp_increase": False},
+    # torch against torch (pruned + 2 fine-tune steps): the same bytes per image
+    "hyperprior-prune30": {"max_psnr_drop_db": True, "max_bpp_increase": True},
+}
+#: the largest per-file framing difference between the runtime container and TorchCodec's
+#: (measured: 8 bytes on every image)
+MAX_FRAMING_BYTES = 16
+
+
+def validate_report(run: Path) -> dict:
+    folders = sorted(p for p in run.iterdir() if p.is_dir() and p.name.endswith("_validate"))
+    return json.loads((folders[-1] / "report.json").read_text())  # type: ignore[no-any-return]
+
+
+def check_bpp_failure(report: dict, limit: float) -> None:
+    """A failed bpp gate here is the container's fixed framing, not the rate: every image
+    costs a few bytes more, the same few on each."""
+    assert report["deltas"]["bpp_increase"] > limit
+    pairs = zip(report["images"]["baseline"], report["images"]["candidate"], strict=True)
+    extra = [c["bytes"] - b["bytes"] for b, c in pairs]
+    assert all(0 < e <= MAX_FRAMING_BYTES for e in extra) and len(set(extra)) == 1, extra
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_recipe_runs(recipe: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
     small = shrink(recipe, tmp_path, tiny_ckpt)
@@ -61,8 +115,27 @@ def test_recipe_runs(recipe: Path, tiny_ckpt: Path, tmp_path: Path) -> None:
         manifest = json.loads((tmp_path / "run" / folder / "manifest.json").read_text())
         assert manifest["id"] == folder and manifest["versions"]["torch"]
         assert all(len(v["sha256"]) == 64 for v in manifest["inputs"].values())
-    # tiny random models may legitimately miss the recipe's gates: 0 or 1, never an error
-    assert result.exit_code in (0, 1), result.stderr
+    (gates,) = [s["validate"]["gates"] for s in steps if "validate" in s]
+    report = validate_report(tmp_path / "run")
+    verdicts = {g["gate"]: g["passed"] for g in report["gates"]}
+    assert set(verdicts) == set(gates)
+    expected = NON_TIMING_VERDICTS[recipe.stem]
+    assert {g: v for g, v in verdicts.items() if g not in TIMING_GATES} == expected
+    for gate in report["gates"]:
+        if gate["gate"] in TIMING_GATES:  # measured: a positive, finite ratio
+            assert isinstance(gate["value"], float) and 0 < gate["value"] < math.inf, gate
+    if "max_ms_ssim_drop" in gates:
+        assert report["deltas"]["ms_ssim_drop"] is None  # undefined below 161 px
+    if expected.get("max_bpp_increase") is False:
+        check_bpp_failure(report, gates["max_bpp_increase"])
+    # a non-timing gate that fails fixes the exit code at 1 (default, prune30-int8); a
+    # recipe without timing gates has it fixed at 0 (int8-accuracy); otherwise the exit code
+    # is exactly what the report's verdicts say
+    assert result.exit_code == (0 if all(verdicts.values()) else 1), result.stderr
+    if not all(expected.values()):
+        assert result.exit_code == 1 and "validation gate failed" in result.stderr
+    elif not set(gates) & TIMING_GATES:
+        assert result.exit_code == 0, result.stderr
 
 
 def test_impossible_gate_fails_with_exit_1(tiny_ckpt: Path, tmp_path: Path) -> None:
