@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, event, settings
-from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 _COMMON: dict[str, Any] = {
     "deadline": None,
