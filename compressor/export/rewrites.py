@@ -23,6 +23,12 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
+#: deconvs with at least this many output channels become `PhaseConv` (no MAC on zeros), the
+#: rest `SubpixelConv`: with few outputs each phase conv is a thin GEMM dominated by its own
+#: im2col of the whole input; measured (bench/decoder_macs.py, ORT INT8, 1 thread) on the
+#: hyperprior decoder, phases win at 128 outputs and lose 2.2x at 3 (the image layer)
+PHASE_MIN_CHANNELS = 16
+
 
 @dataclass(frozen=True)
 class _AxisPlan:
@@ -64,22 +70,91 @@ def _axis_plan(k: int, s: int, p: int, op: int) -> _AxisPlan:
     return _AxisPlan(kernel, pad_left, pad_right, crop, taps)
 
 
+def _check_deconv(deconv: nn.ConvTranspose2d) -> int:
+    """The stride of a transposed convolution the rewrites can express; raises otherwise."""
+    s_h, s_w = (int(v) for v in deconv.stride)
+    if s_h != s_w or deconv.groups != 1 or tuple(deconv.dilation) != (1, 1):
+        raise ValueError(f"cannot rewrite {deconv}: needs equal strides, groups=1, dilation=1")
+    if deconv.padding_mode != "zeros" or isinstance(deconv.padding, str):
+        raise ValueError(f"cannot rewrite {deconv}: needs numeric zero padding")
+    return s_h
+
+
+def _plans(deconv: nn.ConvTranspose2d, s: int) -> tuple[_AxisPlan, _AxisPlan]:
+    padding = deconv.padding
+    assert not isinstance(padding, str)  # _check_deconv refused string paddings
+    (k_h, k_w), (p_h, p_w) = deconv.kernel_size, padding
+    op_h, op_w = deconv.output_padding
+    return _axis_plan(k_h, s, int(p_h), int(op_h)), _axis_plan(k_w, s, int(p_w), int(op_w))
+
+
+def _crop(out: torch.Tensor, plan_h: _AxisPlan, plan_w: _AxisPlan) -> torch.Tensor:
+    if plan_h.crop:
+        out = out[:, :, : -plan_h.crop, :]
+    if plan_w.crop:
+        out = out[:, :, :, : -plan_w.crop]
+    return out
+
+
+class _PaddedConv(torch.autograd.Function):
+    """conv2d with asymmetric zero padding, exported as ONE ONNX Conv (its `pads` attribute):
+    no Pad nodes, so the s*s phase convs of a layer share one input (one QuantizeLinear in
+    INT8) and ORT fuses each into a QLinearConv."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        pads: tuple[int, int, int, int],
+    ) -> torch.Tensor:
+        return F.conv2d(F.pad(x, pads) if any(pads) else x, weight, bias)
+
+    @staticmethod
+    def symbolic(g, x, weight, bias, pads):  # type: ignore[no-untyped-def]
+        left, right, top, bottom = pads
+        inputs = [x, weight] if bias is None or bias.node().mustBeNone() else [x, weight, bias]
+        return g.op(
+            "Conv",
+            *inputs,
+            kernel_shape_i=list(weight.type().sizes()[2:]),
+            pads_i=[top, left, bottom, right],
+            strides_i=[1, 1],
+            dilations_i=[1, 1],
+            group_i=1,
+        )
+
+
+class PaddedConv2d(nn.Conv2d):
+    """A Conv2d (stride 1, no groups) with asymmetric zero `pads` (left, right, top, bottom),
+    exported as one ONNX Conv named after this module. `forward` may take the bias from its
+    caller: the phases of a `PhaseConv` share one (see there)."""
+
+    def __init__(
+        self, c_in: int, c_out: int, kernel: tuple[int, int], pads: tuple[int, int, int, int], *,
+        bias: bool,
+    ) -> None:  # fmt: skip
+        super().__init__(c_in, c_out, kernel, bias=bias)
+        self.pads = pads
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return _PaddedConv.apply(x, self.weight, self.bias if bias is None else bias, self.pads)
+
+
 class SubpixelConv(nn.Module):
-    """`ConvTranspose2d` (groups 1, dilation 1, zero padding) as Conv2d + PixelShuffle."""
+    """`ConvTranspose2d` (groups 1, dilation 1, zero padding) as Conv2d + PixelShuffle.
+
+    Every phase gets the same dense kernel, so phases with fewer real taps multiply zeros
+    (for CompressAI's 5x5 stride-2 deconv: 36 MACs per input pixel and channel pair, 25 useful).
+    `PhaseConv` spends none on zeros.
+    """
 
     def __init__(self, deconv: nn.ConvTranspose2d) -> None:
         super().__init__()
-        s_h, s_w = (int(v) for v in deconv.stride)
-        if s_h != s_w or deconv.groups != 1 or tuple(deconv.dilation) != (1, 1):
-            raise ValueError(f"cannot rewrite {deconv}: needs equal strides, groups=1, dilation=1")
-        if deconv.padding_mode != "zeros" or isinstance(deconv.padding, str):
-            raise ValueError(f"cannot rewrite {deconv}: needs numeric zero padding")
-        s = s_h
-        (k_h, k_w), (p_h, p_w) = deconv.kernel_size, deconv.padding
-        op_h, op_w = deconv.output_padding
+        s = _check_deconv(deconv)
         self.scale = s
-        self.plan_h = _axis_plan(k_h, s, int(p_h), int(op_h))
-        self.plan_w = _axis_plan(k_w, s, int(p_w), int(op_w))
+        self.plan_h, self.plan_w = _plans(deconv, s)
         weight = deconv.weight.detach()  # (C_in, C_out, k_h, k_w)
         c_in, c_out = weight.shape[:2]
         dense = torch.zeros(c_out, s, s, c_in, self.plan_h.kernel, self.plan_w.kernel)
@@ -91,24 +166,99 @@ class SubpixelConv(nn.Module):
                             dense[:, ry, rx, :, jy, jx] = weight[:, :, ky, kx].t()
         # PixelShuffle reads channel o*s*s + ry*s + rx into out[o, s*h + ry, s*w + rx].
         kernel = (self.plan_h.kernel, self.plan_w.kernel)
-        self.conv = nn.Conv2d(c_in, c_out * s * s, kernel, bias=deconv.bias is not None)
+        self.pads = (self.plan_w.pad_left, self.plan_w.pad_right, self.plan_h.pad_left,
+                     self.plan_h.pad_right)  # fmt: skip
+        # inside the Conv, not a float Pad node in front of the INT8 conv
+        self.conv = PaddedConv2d(
+            c_in, c_out * s * s, kernel, self.pads, bias=deconv.bias is not None
+        )
         self.conv.weight.data.copy_(dense.reshape(c_out * s * s, c_in, *kernel))
         if deconv.bias is not None and self.conv.bias is not None:
             self.conv.bias.data.copy_(deconv.bias.detach().repeat_interleave(s * s))
         self.shuffle = nn.PixelShuffle(s) if s > 1 else nn.Identity()
-        self.pads = (self.plan_w.pad_left, self.plan_w.pad_right, self.plan_h.pad_left,
-                     self.plan_h.pad_right)  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(self.pads):
-            x = F.pad(x, self.pads)
-        out = self.shuffle(self.conv(x))
-        crop_h, crop_w = self.plan_h.crop, self.plan_w.crop
-        if crop_h:
-            out = out[:, :, :-crop_h, :]
-        if crop_w:
-            out = out[:, :, :, :-crop_w]
-        return out
+        return _crop(self.shuffle(self.conv(x)), self.plan_h, self.plan_w)
+
+
+def _span(taps: tuple[int, ...], plan: _AxisPlan) -> tuple[int, int]:
+    """First and last dense tap a phase keeps: those reading real kernel taps (contiguous),
+    widened by zero taps where the phase would otherwise need a negative pad (ONNX Conv pads
+    are >= 0). CompressAI's layouts never widen; a phase with no tap (kernel < stride) keeps
+    one zero tap."""
+    used = [j for j, kk in enumerate(taps) if kk >= 0] or [plan.pad_left]
+    lo = min(used[0], plan.pad_left)
+    hi = max(used[-1], plan.kernel - 1 - plan.pad_right)
+    return lo, hi
+
+
+class _DepthToSpaceDCR(torch.autograd.Function):
+    """ONNX DepthToSpace in DCR mode: channel (ry*s + rx)*C + o goes to out[o, s*h+ry, s*w+rx],
+    i.e. the order of a channel Concat of the s*s phase outputs (PixelShuffle is CRD)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, s: int) -> torch.Tensor:  # type: ignore[override]
+        n, c, h, w = x.shape
+        y = x.reshape(n, s, s, c // (s * s), h, w).permute(0, 3, 4, 1, 5, 2)
+        return y.reshape(n, c // (s * s), h * s, w * s)
+
+    @staticmethod
+    def symbolic(g, x, s: int):  # type: ignore[no-untyped-def]
+        return g.op("DepthToSpace", x, blocksize_i=s, mode_s="DCR")
+
+
+class PhaseConv(nn.Module):
+    """`ConvTranspose2d` as one Conv2d per output phase, each with only its real taps.
+
+    Phase (ry, rx) of a k x k stride-s deconv reads ceil((k - b_y)/s) x ceil((k - b_x)/s) taps:
+    3x3, 3x2, 2x3, 2x2 for CompressAI's 5x5 stride 2, i.e. 25 MACs per input pixel and channel
+    pair where `SubpixelConv` spends 36. Each phase convolves the same input with its own
+    (asymmetric) padding; the s*s outputs are concatenated and interleaved by DepthToSpace.
+    The phases share ONE bias parameter: the ONNX exporter would merge equal copies through
+    Identity nodes, and a Conv whose bias is not an initializer stays float in ORT's INT8.
+    """
+
+    def __init__(self, deconv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        s = _check_deconv(deconv)
+        self.scale = s
+        self.plan_h, self.plan_w = _plans(deconv, s)
+        weight = deconv.weight.detach()  # (C_in, C_out, k_h, k_w)
+        convs = []
+        for taps_y in self.plan_h.taps:
+            for taps_x in self.plan_w.taps:
+                kernel, pad = self._phase(weight, taps_y, taps_x)
+                c_out, c_in, k_h, k_w = kernel.shape
+                conv = PaddedConv2d(c_in, c_out, (k_h, k_w), pad, bias=False)
+                conv.weight.data.copy_(kernel)
+                convs.append(conv)
+        self.phases = nn.ModuleList(convs)  # ONNX names: <this>/phases.<ry*s + rx>/Conv
+        bias = deconv.bias
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    def _phase(
+        self, weight: torch.Tensor, taps_y: tuple[int, ...], taps_x: tuple[int, ...]
+    ) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        """The Conv2d kernel of one phase and its padding (left, right, top, bottom)."""
+        py, px = self.plan_h, self.plan_w
+        (lo_y, hi_y), (lo_x, hi_x) = _span(taps_y, py), _span(taps_x, px)
+        kernel = torch.zeros(weight.shape[1], weight.shape[0], hi_y - lo_y + 1, hi_x - lo_x + 1)
+        for jy in range(lo_y, hi_y + 1):
+            for jx in range(lo_x, hi_x + 1):
+                ky, kx = taps_y[jy], taps_x[jx]
+                if ky >= 0 and kx >= 0:
+                    kernel[:, :, jy - lo_y, jx - lo_x] = weight[:, :, ky, kx].t()
+        # the dense plan pads (pad_left, pad_right); this phase drops its unused dense taps
+        pad = (px.pad_left - lo_x, px.pad_right - (px.kernel - 1 - hi_x),
+               py.pad_left - lo_y, py.pad_right - (py.kernel - 1 - hi_y))  # fmt: skip
+        return kernel, pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [conv(x, self.bias) for conv in self.phases]
+        if self.scale == 1:
+            return _crop(outs[0], self.plan_h, self.plan_w)
+        out = _DepthToSpaceDCR.apply(torch.cat(outs, dim=1), self.scale)
+        return _crop(out, self.plan_h, self.plan_w)
 
 
 class FoldedGDN(nn.Module):
@@ -142,18 +292,28 @@ def fold_gdn(module: nn.Module) -> int:
     return _replace(module, lambda m: FoldedGDN(m) if isinstance(m, GDN) else None)
 
 
-def deconv_to_subpixel(module: nn.Module) -> int:
-    """Replace every ConvTranspose2d inside `module` in place; returns how many."""
-    return _replace(
-        module, lambda m: SubpixelConv(m) if isinstance(m, nn.ConvTranspose2d) else None
-    )
+def deconv_to_subpixel(module: nn.Module, *, phase_min_channels: int | None = None) -> int:
+    """Replace every ConvTranspose2d inside `module` in place; returns how many.
+
+    A deconv with at least `phase_min_channels` outputs (None: `PHASE_MIN_CHANNELS`) becomes a
+    `PhaseConv`, a narrower one a `SubpixelConv` (0: always phases; a huge value: never)."""
+    least = PHASE_MIN_CHANNELS if phase_min_channels is None else phase_min_channels
+
+    def make(m: nn.Module) -> nn.Module | None:
+        if not isinstance(m, nn.ConvTranspose2d):
+            return None
+        return PhaseConv(m) if m.out_channels >= least else SubpixelConv(m)
+
+    return _replace(module, make)
 
 
-def rewrite(module: nn.Module, *, subpixel: bool = True) -> nn.Module:
+def rewrite(
+    module: nn.Module, *, subpixel: bool = True, phase_min_channels: int | None = None
+) -> nn.Module:
     """A rewritten deep copy (GDN always folded; deconvs to sub-pixel convs if asked)."""
     out = copy.deepcopy(module).eval()
     n_gdn = fold_gdn(out)
-    n_deconv = deconv_to_subpixel(out) if subpixel else 0
+    n_deconv = deconv_to_subpixel(out, phase_min_channels=phase_min_channels) if subpixel else 0
     log.debug("rewrote %d GDN layers and %d transposed convolutions", n_gdn, n_deconv)
     return out
 

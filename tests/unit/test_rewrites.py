@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from compressai.layers import GDN, GDN1
@@ -9,8 +16,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from compressor.export.rewrites import FoldedGDN, SubpixelConv, rewrite
-from tests.conftest import tiny_model
+from compressor.export import export_model, rewrites
+from compressor.export.onnx import export_graph
+from compressor.export.rewrites import FoldedGDN, PhaseConv, SubpixelConv, rewrite
+from compressor.metrics.complexity import count_macs
+from compressor.quant import QUANTIZERS, QuantParams
+from compressor.quant import graph as qg
+from tests.conftest import smooth_image, tiny_model
 
 TOL = 1e-5
 
@@ -66,9 +78,116 @@ def test_subpixel_any_layout(k: int, s: int, data: st.DataObject, h: int, w: int
         assert _max_diff(deconv(x), SubpixelConv(deconv)(x)) <= TOL
 
 
+@pytest.mark.parametrize(("k", "s", "p", "op"), DECONVS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_phases_match_conv_transpose(k: int, s: int, p: int, op: int, bias: bool) -> None:
+    torch.manual_seed(k * 100 + s * 10 + p + 7)
+    deconv = nn.ConvTranspose2d(6, 5, k, s, p, op, bias=bias)
+    phases = PhaseConv(deconv)
+    for h, w in [(1, 1), (4, 7), (9, 6), (16, 16), (7, 5)]:
+        x = torch.randn(2, 6, h, w) * 3
+        with torch.no_grad():
+            assert _max_diff(deconv(x), phases(x)) <= TOL
+    assert not any(isinstance(m, nn.ConvTranspose2d) for m in phases.modules())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    k=st.integers(1, 7),
+    s=st.integers(1, 4),
+    data=st.data(),
+    h=st.integers(1, 9),
+    w=st.integers(1, 9),
+)
+def test_phases_any_layout(k: int, s: int, data: st.DataObject, h: int, w: int) -> None:
+    p = data.draw(st.integers(0, (k - 1) // 2))
+    op = data.draw(st.integers(0, s - 1))
+    torch.manual_seed(1)
+    deconv = nn.ConvTranspose2d(3, 2, k, s, p, op)
+    x = torch.randn(1, 3, h, w)
+    with torch.no_grad():
+        assert _max_diff(deconv(x), PhaseConv(deconv)(x)) <= TOL
+
+
+def test_phases_spend_no_mac_on_zeros() -> None:
+    # CompressAI's deconv (5, 2, 2, 1): phase kernels 3x3, 3x2, 2x3, 2x2 = 25 taps per pair,
+    # as many as the transposed conv itself; the one-kernel sub-pixel form spends 4 * 3x3 = 36
+    deconv = nn.ConvTranspose2d(6, 5, 5, 2, 2, 1)
+    phases = PhaseConv(deconv)
+    assert [tuple(c.weight.shape[2:]) for c in phases.phases] == [(3, 3), (3, 2), (2, 3), (2, 2)]
+    x = torch.randn(1, 6, 7, 10)
+    pairs = 6 * 5 * 7 * 10
+    assert count_macs(deconv, (x,)) == 25 * pairs
+    assert count_macs(phases, (x,)) == 25 * pairs
+    assert count_macs(SubpixelConv(deconv), (x,)) == 36 * pairs
+
+
+def test_rewrite_picks_phases_by_width() -> None:
+    seq = nn.Sequential(
+        nn.ConvTranspose2d(4, 32, 5, 2, 2, 1), nn.ConvTranspose2d(32, 3, 5, 2, 2, 1)
+    )
+    default = rewrite(seq)
+    assert [type(m) for m in default] == [PhaseConv, SubpixelConv]  # 32 >= 16 > 3
+    assert [type(m) for m in rewrite(seq, phase_min_channels=0)] == [PhaseConv, PhaseConv]
+    assert [type(m) for m in rewrite(seq, phase_min_channels=64)] == [SubpixelConv] * 2
+    x = torch.randn(1, 4, 5, 6)
+    with torch.no_grad():
+        assert _max_diff(seq(x), default(x)) <= TOL
+
+
+def test_phases_export_as_padded_convs(tmp_path: Path) -> None:
+    """One ONNX Conv per phase with its own pads (no Pad node), Concat + DepthToSpace (DCR);
+    ONNX Runtime matches the transposed conv at odd and even dynamic sizes."""
+    torch.manual_seed(5)
+    deconv = nn.ConvTranspose2d(6, 5, 5, 2, 2, 1)
+    export_graph(PhaseConv(deconv), torch.randn(1, 6, 4, 6), tmp_path / "p.onnx", 17)
+    graph = onnx.load(tmp_path / "p.onnx").graph
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops == Counter({"Conv": 4, "Concat": 1, "DepthToSpace": 1})
+    pads = [next(a.ints for a in n.attribute if a.name == "pads") for n in graph.node
+            if n.op_type == "Conv"]  # fmt: skip
+    assert [list(p) for p in pads] == [[1, 1, 1, 1], [1, 0, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1]]
+    d2s = next(n for n in graph.node if n.op_type == "DepthToSpace")
+    assert onnx.helper.get_attribute_value(d2s.attribute[-1]) in (b"DCR", "DCR")
+    sess = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    for h, w in [(5, 7), (8, 3)]:
+        x = torch.randn(1, 6, h, w)
+        with torch.no_grad():
+            ref = deconv(x).numpy()
+        got = sess.run(None, {"input": x.numpy()})[0]
+        assert got.shape == ref.shape and float(np.abs(got - ref).max()) <= TOL
+
+
+@pytest.mark.parametrize("preprocess", [True, False])
+def test_phase_decoder_quantizes_to_int8_convs_only(tmp_path: Path, preprocess: bool) -> None:
+    """Every phase conv of the decoder runs as QLinearConv in ORT: 4 deconvs x 4 phases + 3
+    IGDN convs, none float (the exported parity check inside export_model passed too)."""
+    model = tiny_model()
+    for m in model.components()["decoder"].modules():
+        if isinstance(m, GDN):
+            # distinct betas: the ONNX exporter merges equal initializers through Identity
+            # nodes, and ORT leaves a conv whose bias is no initializer in float
+            _random_gdn(m)
+    with mock.patch.object(rewrites, "PHASE_MIN_CHANNELS", 0):
+        src = export_model(model, tmp_path / "fp32")
+    images = [smooth_image(96, 128, i) for i in range(2)]
+    params = QuantParams(preprocess=preprocess)
+    QUANTIZERS.get("ort-static")(src, tmp_path / "q", params, images, 1)
+    g_s = onnx.load(tmp_path / "q" / "g_s.onnx")
+    assert qg.float_convs(g_s) == [] and len(qg.conv_names(g_s)) == 19
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "g_s.opt.onnx")
+    ort.InferenceSession(str(tmp_path / "q" / "g_s.onnx"), opts, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    assert ops["QLinearConv"] == 19 and ops["Conv"] == 0 and ops["Pad"] == 0
+
+
 def test_subpixel_refuses_what_it_cannot_rewrite() -> None:
     with pytest.raises(ValueError, match="groups=1"):
         SubpixelConv(nn.ConvTranspose2d(4, 4, 5, 2, 2, 1, groups=2))
+    with pytest.raises(ValueError, match="groups=1"):
+        PhaseConv(nn.ConvTranspose2d(4, 4, 5, 2, 2, 1, groups=2))
 
 
 def _random_gdn(layer: GDN) -> GDN:
