@@ -63,7 +63,7 @@ def matrix(folder: Path, images: list[Path]) -> dict[str, int]:
             tally["decoded"] += 1
             tally["symbols_differ"] += not same
             tally["pixels_differ"] += diff > 0
-            row.append(f"{t}/{o}:{'sym=' if same else 'SYM!'} px<={diff} ({share:.2%})")
+            row.append(f"{t}/{o}:{'sym=' if same else 'SYM!'} px<={diff} ({share:.4%})")
         print(f"{path.name}: " + "  ".join(row))
     return tally
 
@@ -107,9 +107,11 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=24, help="images for the RD comparison")
     ap.add_argument("--matrix-count", type=int, default=24, help="images for the matrix")
     ap.add_argument("--threads", type=int, default=1, help="threads of the RD/time run")
+    ap.add_argument("--float-matrix", action="store_true", help="run the matrix on it too")
     args = ap.parse_args()
     images = sorted(args.images.glob("*.png"))
-    for folder in (args.export, args.float_export):
+    folders = [args.export] + ([args.float_export] if args.float_matrix else [])
+    for folder in folders:
         if folder is not None and args.matrix_count:
             print(f"== matrix: {folder}")
             print(matrix(folder, images[: args.matrix_count]))
