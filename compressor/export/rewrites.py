@@ -3,11 +3,15 @@
 - `SubpixelConv`: a `ConvTranspose2d` (stride s) as one `Conv2d` with s*s times the output
   channels followed by `PixelShuffle(s)`. Integer runtimes quantize plain convolutions well but
   leave transposed ones in float (see DESIGN.md), so the decoder is rewritten this way.
+  Phases with fewer real taps multiply zeros (36 MACs per pair for a 5x5 stride-2 deconv).
+- `PhaseConv`: the same deconv as one `Conv2d` per output phase holding only its real taps
+  (25 MACs per pair), outputs interleaved by Concat + DepthToSpace. Used for deconvs with at
+  least `PHASE_MIN_CHANNELS` outputs; `SubpixelConv` for narrower ones (faster there).
 - `FoldedGDN`: CompressAI's GDN/IGDN (and GDN1) with beta/gamma taken through their
   NonNegativeParametrizer once, stored as plain tensors: the exported graph then has no
   reparametrisation ops (LowerBound is an autograd Function that exporters handle badly).
 
-Both are modules of their own so a test can compare them with the original layer directly.
+Each is a module of its own so a test can compare them with the original layer directly.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ log = logging.getLogger(__name__)
 #: deconvs with at least this many output channels become `PhaseConv` (no MAC on zeros), the
 #: rest `SubpixelConv`: with few outputs each phase conv is a thin GEMM dominated by its own
 #: im2col of the whole input; measured (bench/decoder_macs.py, ORT INT8, 1 thread) on the
-#: hyperprior decoder, phases win at 128 outputs and lose 2.2x at 3 (the image layer)
+#: hyperprior decoder, phases win at 128 outputs and lose 2.2x at 3 (the image layer); 16 is
+#: a cut between the two measured points, not itself measured
 PHASE_MIN_CHANNELS = 16
 
 
