@@ -11,7 +11,9 @@ Verdict: the family passes when every member finished, every member's own gates 
 the BD-rate gates pass. A member that failed (its error is reported) fails the verdict (exit
 1) but costs no other member; its points are left out of the curves. BD values of the
 baseline against the candidate family that cannot be computed because the curves share too
-little of their range are a DataError (exit 2), never an extrapolated number.
+little of their range are a DataError (exit 2), never an extrapolated number, when it is the
+BD-rate in PSNR (the headline); a secondary value (BD-rate in MS-SSIM, BD-PSNR, any value
+against JPEG / WebP) is left out with a note saying why, and a gate on it fails.
 """
 
 from __future__ import annotations
@@ -130,37 +132,32 @@ def _value(point: dict[str, Any], key: str) -> float:
 
 
 def bd_values(
-    test: Curve, anchor: Curve, method: str, min_overlap: float, notes: dict[str, str], tag: str
-) -> dict[str, float | None]:
-    """BD-rate (PSNR, MS-SSIM dB) and BD-PSNR of test vs anchor; a reference sweep is cut to
-    the other curve's range first. Missing values get a note; a DataError between the two
-    families propagates (the caller decides)."""
+    test: Curve, anchor: Curve, method: str, min_overlap: float
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """BD-rate (PSNR, MS-SSIM dB) and BD-PSNR of test vs anchor, and why any is missing
+    (a reference sweep is cut to the other curve's range first)."""
     out: dict[str, float | None] = {}
-    for name, key in (("bd_rate_psnr", "psnr"), ("bd_rate_ms_ssim", "ms_ssim_db")):
+    why: dict[str, str] = {}
+    for name, key in (
+        ("bd_rate_psnr", "psnr"),
+        ("bd_rate_ms_ssim", "ms_ssim_db"),
+        ("bd_psnr", "psnr"),
+    ):
+        out[name] = None
         if not (test.has(key) and anchor.has(key)):
-            notes[f"{tag} / {name}"] = "MS-SSIM undefined (images under 161 px on a side)"
-            out[name] = None
+            why[name] = "MS-SSIM undefined (images under 161 px on a side)"
             continue
         t, a = _cut(test, anchor, key)
-        out[name] = bd_rate(
-            a.values("bpp"),
-            a.values(key),
-            t.values("bpp"),
-            t.values(key),
-            method=method,
-            min_overlap=min_overlap,
-            quality="PSNR" if key == "psnr" else "MS-SSIM (dB)",
-        )
-    t, a = _cut(test, anchor, "psnr")
-    out["bd_psnr"] = bd_quality(
-        a.values("bpp"),
-        a.values("psnr"),
-        t.values("bpp"),
-        t.values("psnr"),
-        method=method,
-        min_overlap=min_overlap,
-    )
-    return out
+        args = (a.values("bpp"), a.values(key), t.values("bpp"), t.values(key))
+        try:
+            if name == "bd_psnr":
+                out[name] = bd_quality(*args, method=method, min_overlap=min_overlap)
+            else:
+                axis = "PSNR" if key == "psnr" else "MS-SSIM (dB)"
+                out[name] = bd_rate(*args, method=method, min_overlap=min_overlap, quality=axis)
+        except DataError as e:
+            why[name] = str(e)
+    return out, why
 
 
 def _cut(test: Curve, anchor: Curve, key: str) -> tuple[Curve, Curve]:
@@ -203,9 +200,10 @@ def judge_family(
         side: Curve(side, sorted((m[side] for m in done), key=lambda p: p["bpp"]))
         for side in ("baseline", "candidate")
     }
-    curves.update(reference_curves(list(params.references), images, threads, reporter))
     j = Judgement(members, curves, {}, method=params.bd_method)
     for test, anchor in PAIRS:
+        if (test, anchor) == PAIRS[1]:  # the families are judged: now the classical codecs
+            curves.update(reference_curves(list(params.references), images, threads, reporter))
         if test not in curves or anchor not in curves:
             continue
         tag = f"{test} vs {anchor}"
@@ -213,15 +211,12 @@ def judge_family(
             j.notes[tag] = f"only {len(done)} members finished; BD needs {MIN_POINTS}"
             j.bd[tag] = {"bd_rate_psnr": None, "bd_rate_ms_ssim": None, "bd_psnr": None}
             continue
-        try:
-            j.bd[tag] = bd_values(
-                curves[test], curves[anchor], params.bd_method, params.min_overlap, j.notes, tag
-            )
-        except DataError as e:
-            if (test, anchor) == PAIRS[0]:
-                raise DataError(f"candidate vs baseline family: {e}") from None
-            j.notes[tag] = str(e)  # a classical codec's range is context, not the verdict
-            j.bd[tag] = {"bd_rate_psnr": None, "bd_rate_ms_ssim": None, "bd_psnr": None}
+        values, why = bd_values(curves[test], curves[anchor], params.bd_method, params.min_overlap)
+        if (test, anchor) == PAIRS[0] and "bd_rate_psnr" in why:
+            # the family's headline number: without it there is no verdict, only an error
+            raise DataError(f"candidate vs baseline family: {why['bd_rate_psnr']}")
+        j.bd[tag] = values
+        j.notes.update({f"{tag} / {name}": text for name, text in why.items()})
     gates: Gates = params.gates
     j.gates = apply_gates(gates, dict(j.headline()), family=True)
     return j
