@@ -20,25 +20,20 @@ from hypothesis.control import currently_in_test_context
 
 _COMMON: dict[str, Any] = {
     "deadline": None,
-    "database": None,
-    # no "explain" phase: on a slow failing example it reruns it hundreds of times
-    "phases": [
-        Phase.explicit,
-        Phase.reuse,
-        Phase.generate,
-        Phase.target,
-        Phase.shrink,
-    ],  # nothing written into the repo (.hypothesis/)
+    "database": None,  # nothing written into the repo (.hypothesis/)
     "suppress_health_check": [
         HealthCheck.too_slow,
         HealthCheck.function_scoped_fixture,
         HealthCheck.data_too_large,
     ],
 }
-#: the default suite: few examples, the same ones on every run (CI is reproducible)
-FAST = settings(max_examples=30, derandomize=True, **_COMMON)
-#: the slow suite (@pytest.mark.slow): ten times as many, new ones on every run
-SLOW = settings(max_examples=300, derandomize=False, **_COMMON)
+_PHASES = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
+#: the default suite: few examples, the same ones on every run (CI is reproducible); no
+#: shrinking (a failing example is printed as found and reproduces as is) and no "explain"
+#: phase: on a slow failing example both rerun it for minutes
+FAST = settings(max_examples=30, derandomize=True, phases=_PHASES, **_COMMON)
+#: the slow suite (@pytest.mark.slow): ten times as many, new ones on every run, shrunk
+SLOW = settings(max_examples=300, derandomize=False, phases=[*_PHASES, Phase.shrink], **_COMMON)
 
 
 def note(what: str) -> None:
