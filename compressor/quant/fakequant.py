@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor.export.rewrites import FoldedGDN, _replace
+from compressor.export.rewrites import FoldedGDN, PaddedConv2d, _replace
 from compressor.quant.overrides import qrange
 
 TINY = torch.finfo(torch.float32).tiny
@@ -130,9 +130,13 @@ class QConv(_Quantized):
     def weight(self) -> torch.Tensor:
         return self.conv.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """`bias` from the caller: a PhaseConv's phases share one (see rewrites.PhaseConv)."""
         w = self.weight_of(self.conv.weight)
-        return self.out(self.conv._conv_forward(self.inp(x), w, self.conv.bias))
+        x = self.inp(x)
+        if isinstance(self.conv, PaddedConv2d):  # asymmetric zero padding, as ORT's Conv pads
+            x = F.pad(x, self.conv.pads)
+        return self.out(self.conv._conv_forward(x, w, self.conv.bias if bias is None else bias))
 
 
 class QGDN(_Quantized):
