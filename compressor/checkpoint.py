@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import pickle
+import struct
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +59,11 @@ def safe_load(path: Path) -> Any:
             f"containers, which could run code when loaded ({first}); only weights-only "
             "checkpoints are accepted"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except (
+        RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError,
+        # torch's weights-only unpickler meets a damaged pickle with these too (fuzzing)
+        IndexError, TypeError, KeyError, AttributeError, struct.error,
+    ) as e:  # fmt: skip
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt ({first}); expected a file written "

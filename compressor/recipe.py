@@ -114,7 +114,8 @@ def _where(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            text = part if isinstance(part, str) and len(part) <= 40 else short(part, 40)
+            printable = isinstance(part, str) and len(part) <= 40 and part.isprintable()
+            text = part if printable else short(part, 40)  # repr escapes newlines: one line
             out += f".{text}" if out else text
     return out
 
@@ -229,7 +230,11 @@ def read_recipe_file(path: Path) -> Any:
             f"recipe {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
             "save it as UTF-8"
         ) from None
-    loader = _BoundedLoader(text)
+    try:
+        loader = _BoundedLoader(text)  # its reader already refuses characters YAML forbids
+    except yaml.YAMLError as e:
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0][:160]
+        raise RecipeError(f"{path} is not valid YAML ({problem})") from None
     try:
         return loader.get_single_data()
     except yaml.YAMLError as e:
