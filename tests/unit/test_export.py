@@ -132,7 +132,21 @@ def test_cli_export(tiny_ckpt: Path, tmp_path: Path) -> None:
     assert mf.read(out).kind == "scale-hyperprior"
     assert "model id" in result.output
     again = runner.invoke(main, ["export", str(tiny_ckpt), "--out", str(out)])
-    assert again.exit_code == 2 and "exists" in again.output
+    assert again.exit_code == 2 and "holds an export; pass --overwrite" in again.output
+    replaced = runner.invoke(main, ["export", str(tiny_ckpt), "--out", str(out), "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    # never a user's file or folder, --overwrite or not
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"jpeg")
+    for target in (notes, photos):
+        refused = runner.invoke(
+            main, ["export", str(tiny_ckpt), "--out", str(target), "--overwrite"]
+        )
+        assert refused.exit_code == 2 and refused.output.startswith("error: "), refused.output
+    assert notes.read_text() == "keep" and (photos / "a.jpg").read_bytes() == b"jpeg"
     missing = runner.invoke(
         main, ["export", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x")]
     )
