@@ -58,15 +58,17 @@ class DataSpec(BaseModel):
     calibration: str | None = Field(None, description="folder of calibration images")
 
     @model_validator(mode="after")
-    def _calibration_is_not_eval(self) -> DataSpec:
-        # Calibrating on the evaluation images lets the validation measure images the
-        # quantizer has seen (README: refused). 'skimage-calibration' is the disjoint set.
-        if self.calibration is not None and _same_source(self.calibration, self.eval):
-            hint = " (use skimage-calibration)" if self.eval == "skimage" else ""
-            raise ValueError(
-                f"data.calibration is the evaluation folder {short(self.eval)}: calibrate on "
-                f"other images{hint}, or the validation measures images the quantizer has seen"
-            )
+    def _never_fit_on_eval(self) -> DataSpec:
+        # Calibrating or training on the evaluation images lets the validation measure images
+        # the model has seen (README: refused). 'skimage-calibration' is the disjoint set.
+        for role, verb in (("calibration", "calibrate"), ("train", "train")):
+            source = getattr(self, role)
+            if source is not None and _same_source(source, self.eval):
+                hint = " (use skimage-calibration)" if self.eval == "skimage" else ""
+                raise ValueError(
+                    f"data.{role} is the evaluation folder {short(self.eval)}: {verb} on "
+                    f"other images{hint}, or the validation measures images the model has seen"
+                )
         return self
 
 

@@ -35,9 +35,12 @@ def shrink(recipe: Path, tmp_path: Path, model: Path) -> Path:
         for k in ("eval", "train", "calibration")
         if k in data.get("data", {}) or k == "eval"
     }
-    if "calibration" in data["data"]:  # the quantize step refuses to calibrate on eval images
+    if "calibration" in data["data"]:  # a recipe refuses to calibrate on eval images
         calibration = write_images(tmp_path / "cal", [(96, 96), (80, 112)], seed=11)
         data["data"]["calibration"] = str(calibration)
+    if "train" in data["data"]:  # ... and to train on them
+        train = write_images(tmp_path / "train", [(96, 128), (128, 96), (96, 96)], seed=17)
+        data["data"]["train"] = str(train)
     for step in data["steps"]:
         ((name, params),) = step.items()
         if name == "prune":

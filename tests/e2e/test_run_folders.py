@@ -118,6 +118,10 @@ def test_checks_that_plan_can_make_come_before_the_folder_is_touched(
         "unavailable provider": ([{"evaluate": {}}], {"provider": "tensorrt"}),
         "threads beyond the cores": ([{"evaluate": {}}], {"threads": 10_000}),
         "negative threads": ([{"evaluate": {}}], {"threads": -1}),
+        "trains on the evaluation images": (
+            [{"finetune": {"max_steps": 1}}],
+            {"data": {"eval": str(tmp_path / "imgs"), "train": str(tmp_path / "imgs")}},
+        ),
     }
     for what, (steps, extra) in cases.items():
         r = recipe(tmp_path, tiny_ckpt, steps, **extra)
