@@ -109,5 +109,5 @@ def test_unstructured_pruning_keeps_quality(trained: tuple) -> None:
 def test_load_refuses_a_codec_checkpoint(tiny_ckpt: Path) -> None:
     from compressor.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match="bmshj2018-hyperprior.* model; allowed: mimic"):
+    with pytest.raises(CheckpointError, match=r"bmshj2018-hyperprior.* model; allowed: mimic"):
         mimic.load(tiny_ckpt)
