@@ -166,9 +166,9 @@ def plan_members(recipe: Recipe, steps: list[tuple[StepSpec, BaseModel]]) -> lis
 
 
 def check_provider(provider: str) -> None:
-    from compressor.runtime.codec import providers_for
+    from compressor.runtime.backends import check_provider as check
 
-    providers_for(provider)  # RecipeError naming the available ones
+    check(provider)  # RecipeError naming the available ones; "openvino" is the OpenVINO runtime
 
 
 def input_kind(model: Path) -> str:

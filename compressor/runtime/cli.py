@@ -87,13 +87,29 @@ provider_option = click.option(
     "--provider",
     default="cpu",
     show_default=True,
-    help="ONNX Runtime execution provider: cpu, cuda, tensorrt, openvino, dnnl or a full name.",
+    help="ONNX Runtime execution provider: cpu, cuda, tensorrt, dnnl or a full name; "
+    "openvino selects the OpenVINO runtime.",
+)
+runtime_option = click.option(
+    "--runtime",
+    type=click.Choice(["ort", "openvino"]),
+    default=None,
+    help="What runs the graphs: ONNX Runtime or OpenVINO [default: ort, openvino with "
+    "--provider openvino]. Decode a float-path file with the runtime that encoded it.",
+)
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="Inference precision; bf16 needs --runtime openvino and a CPU with native BF16 "
+    "(faster, slightly lower quality).",
 )
 threads_option = click.option(
     "--threads",
     type=int,
     default=None,
-    help="ONNX Runtime intra-op threads [default: all cores available].",
+    help="Intra-op threads of the runtime [default: all cores available].",
 )
 overwrite_option = click.option(
     "--overwrite", is_flag=True, help="Replace the output file if it exists (refused otherwise)."
@@ -128,6 +144,8 @@ def write_output(out: Path, write: Callable[[], object]) -> None:
 )  # fmt: skip
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bitstream file.")
 @provider_option
+@runtime_option
+@precision_option
 @threads_option
 @overwrite_option
 @max_pixels_option("images")
@@ -137,6 +155,8 @@ def encode(
     codec_dir: Path,
     out: Path,
     provider: str,
+    runtime: str | None,
+    precision: str,
     threads: int | None,
     overwrite: bool,
     max_pixels: int,
@@ -146,7 +166,9 @@ def encode(
 
     check_output(out, overwrite)
     rgb8 = read_rgb8(image, max_pixels=max_pixels)  # the cheap input check first
-    codec = load_codec(codec_dir, provider=provider, threads=threads)
+    codec = load_codec(
+        codec_dir, provider=provider, threads=threads, runtime=runtime, precision=precision
+    )
     start = time.perf_counter()
     data = codec.encode(rgb8)
     ms = (time.perf_counter() - start) * 1e3
@@ -167,6 +189,8 @@ def encode(
     "or ./exported].",
 )  # fmt: skip
 @provider_option
+@runtime_option
+@precision_option
 @threads_option
 @overwrite_option
 @max_pixels_option("files declaring images")
@@ -176,6 +200,8 @@ def decode(
     out: Path,
     codec_dir: Path | None,
     provider: str,
+    runtime: str | None,
+    precision: str,
     threads: int | None,
     overwrite: bool,
     max_pixels: int,
@@ -190,7 +216,9 @@ def decode(
     header, _ = container.unpack(data)  # magic, version and CRC before any codec search
     container.check_pixels(header.height, header.width, max_pixels)  # before any model loads
     folder = codec_dir if codec_dir is not None else find_codec(header.model_id, search_roots())
-    codec = load_codec(folder, provider=provider, threads=threads)
+    codec = load_codec(
+        folder, provider=provider, threads=threads, runtime=runtime, precision=precision
+    )
     start = time.perf_counter()
     rgb8 = codec.decode(data, max_pixels=max_pixels)
     ms = (time.perf_counter() - start) * 1e3

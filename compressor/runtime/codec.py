@@ -1,4 +1,7 @@
-"""OrtCodec: an exported folder run with ONNX Runtime + numpy + constriction. No torch.
+"""OrtCodec: an exported folder run with ONNX Runtime or OpenVINO + numpy + constriction.
+
+No torch. Where the graphs run is one `backends.Backend` (runtime ort|openvino, precision
+fp32|bf16, provider, threads); nothing else here knows which library is behind a session.
 
 Implements the compressor.codec.Codec protocol (name, encode, decode), so `validate` measures
 it against the torch baseline on the same images. The arithmetic between the graphs follows
@@ -9,8 +12,10 @@ Which h_s picks the tables: an export with integer tables (hyper_int.npz, the de
 hyperprior kinds) computes indexes and means in exact integers (compressor.runtime.integer)
 and writes container format 3, which decodes identically on any machine, thread count, ORT
 version or optimisation level. An export without them runs the float h_s.onnx on both
-sides and writes format 2: it decodes only where ONNX Runtime reproduces the encoder's last
-bits of every scale (the same kernels; in practice the same machine and session options).
+sides and writes format 2 (ONNX Runtime FP32) or 4 (another runtime or precision, named in
+the header): it decodes only where h_s reproduces the encoder's last bits of every scale (the
+same kernels; in practice the same runtime, machine and session options), and a decoder whose
+runtime or precision differs from the file's refuses it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from compressor.errors import (
     BitstreamError,
@@ -32,57 +36,27 @@ from compressor.errors import (
 from compressor.runtime import container, image, tiles
 from compressor.runtime import integer as ri
 from compressor.runtime import manifest as mf
+from compressor.runtime.backends import (  # re-exported: their home used to be this module
+    OPTIMIZATION,
+    PROVIDERS,
+    TAGS,
+    Backend,
+    providers_for,
+    runtime_of,
+    session_options,
+)
 from compressor.runtime.entropy import MAX_ABS_VALUE, Decoder, Encoder, Tables
-from compressor.threads import resolve_threads
 
 log = logging.getLogger(__name__)
-
-#: short names accepted for --provider (a full ONNX Runtime provider name works as well)
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-    "dnnl": "DnnlExecutionProvider",
-}
-
-
-#: ONNX Runtime graph optimisation levels by name (ORT's default is "all")
-OPTIMIZATION = {
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-
-
-def session_options(threads: int | None, optimization: str = "all") -> ort.SessionOptions:
-    """None: every core this process may use; out of range: the RecipeError of resolve_threads."""
-    if optimization not in OPTIMIZATION:
-        raise RecipeError(
-            f"graph optimisation {optimization!r} is not known; allowed: {', '.join(OPTIMIZATION)}"
-        )
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = OPTIMIZATION[optimization]
-    opts.intra_op_num_threads = resolve_threads(threads)
-    opts.inter_op_num_threads = 1
-    # idle threads sleep: on a busy machine a spinning one waits for a core it does not get
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3  # errors only: its warnings are not the user's business
-    return opts
-
-
-def providers_for(provider: str) -> list[str]:
-    name = PROVIDERS.get(provider.lower(), provider)
-    available = ort.get_available_providers()
-    if name not in available:
-        raise RecipeError(
-            f"ONNX Runtime provider {provider!r} is not available here; available: "
-            f"{', '.join(available)} (short names: {', '.join(PROVIDERS)})"
-        )
-    # CPU stays as the fallback for any operator the accelerator provider lacks.
-    return [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
+#: OPTIMIZATION, PROVIDERS, providers_for and session_options live in backends now
+__all__ = [
+    "OPTIMIZATION",
+    "PROVIDERS",
+    "OrtCodec",
+    "load_codec",
+    "providers_for",
+    "session_options",
+]
 
 
 class OrtCodec:
@@ -95,18 +69,27 @@ class OrtCodec:
         threads: int | None = None,
         optimization: str = "all",
         hyper: str | None = None,
+        runtime: str | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.folder = mf.locate(Path(folder))
         self.manifest = mf.read(self.folder)
         mf.verify(self.folder, self.manifest)
-        self.name = f"onnx:{self.folder.name}"
         self.kind = self.manifest.kind
         self.model_id = bytes.fromhex(self.manifest.model_id[: 2 * container.MODEL_ID_BYTES])
         self.pad_multiple = self.manifest.pad_multiple
-        self.provider, self.threads = provider, threads
-        opts, providers = session_options(threads, optimization), providers_for(provider)
+        runtime = runtime_of(provider, runtime)
+        self.backend = Backend(
+            runtime, precision, provider if runtime == "ort" else "cpu", threads, optimization
+        )
+        self.provider = provider if runtime == "ort" else self.backend.tag
+        self.threads = threads
+        self.name = (
+            f"onnx:{self.folder.name}" if runtime == "ort" else f"{runtime}:{self.folder.name}"
+        )
+        #: one session per graph, each with ONNX Runtime's interface (backends.OvSession too)
         self.sessions = {
-            g: _session(self.folder / f"{g}.onnx", opts, providers) for g in mf.GRAPHS[self.kind]
+            g: self.backend.session(self.folder / f"{g}.onnx") for g in mf.GRAPHS[self.kind]
         }
         self._load_tables(self.folder / mf.TABLES)
         #: the integer hyper-decoder (decodes format 3 files), None in a float-only export
@@ -120,14 +103,21 @@ class OrtCodec:
                 f"hyper path {hyper!r} is not available in {self.folder}; it has: "
                 f"{'integer, float' if self.integer else 'float'}"
             )
-        self.version = (
-            container.FORMAT_VERSION if self.hyper == "integer" else container.FLOAT_VERSION
-        )
+        #: the format encode() writes, and the float h_s tag it records (format 4 only)
+        self.hyper_tag = TAGS[self.backend.tag]
+        if self.hyper == "integer":
+            self.version = container.FORMAT_VERSION
+        elif self.kind in mf.INTEGER_KINDS and self.hyper_tag:
+            self.version = container.TAGGED_VERSION
+        else:
+            self.version = container.FLOAT_VERSION
         #: latents per side of each g_a / g_s tile (None: whole images); only memory depends
         #: on it, the bytes and pixels do not (tests/unit/test_runtime_bounds.py)
         self.tile: int | None = tiles.TILE
         self._margins: dict[int, int | None] = {}  # receptive fields: g_s by stride, g_a -stride
-        log.debug("loaded %s codec %s (%s, %s threads)", self.kind, self.folder, provider, threads)
+        log.debug(
+            "loaded %s codec %s (%s, %s threads)", self.kind, self.folder, self.provider, threads
+        )
 
     # -- public API (the Codec protocol) --------------------------------------------------
     def encode(self, rgb8: np.ndarray) -> bytes:
@@ -139,7 +129,8 @@ class OrtCodec:
             raise DataError(str(e)) from None
         pad = image.padding(h, w, self.pad_multiple)
         y = self._analyze(rgb8, pad, self.tile)
-        header = container.Header(self.model_id, h, w, pad, self.version)
+        tag = self.hyper_tag if self.version == container.TAGGED_VERSION else 0
+        header = container.Header(self.model_id, h, w, pad, self.version, tag)
         if self.kind == "factorized":
             return self.encode_symbols(header, {"y": _symbols(y, self.medians)})
         z_sym = _symbols(self._run("h_a", y, "z"), self.medians)
@@ -161,7 +152,9 @@ class OrtCodec:
         else:
             z_sym = symbols["z"]
             enc.latent(z_sym, self._channel_index(z_sym.shape), self.bottleneck)
-            integer = header.version >= container.FORMAT_VERSION
+            integer = header.version == container.FORMAT_VERSION
+            if not integer:
+                self.check_hyper_tag(header, DataError)
             indexes, _ = self._hyper(z_sym, y_sym.shape, integer)
             enc.latent(y_sym, indexes, self.gaussian)
         return container.pack(header, enc.finish(check=header.version >= 2))
@@ -197,8 +190,10 @@ class OrtCodec:
             y_hat = self._dequantize(y_int, y_shape)
         else:
             z_shape = self._latent_shape("z", header.padded)
+            integer = header.version == container.FORMAT_VERSION
+            if not integer:  # before any symbol is decoded with indexes that may not match
+                self.check_hyper_tag(header, BitstreamError)
             z_sym = dec.latent(self._channel_index(z_shape), self.bottleneck).reshape(z_shape)
-            integer = header.version >= container.FORMAT_VERSION
             indexes, means = self._hyper(z_sym, y_shape, integer, BitstreamError)
             symbols["z"] = z_sym
             symbols["y"] = dec.latent(indexes, self.gaussian).reshape(y_shape)
@@ -211,7 +206,7 @@ class OrtCodec:
         """A format-3 file needs the integer hyper path; formats 1-2 run the float h_s, which
         every hyperprior export carries (integer exports too)."""
         if (
-            version >= container.FORMAT_VERSION
+            version == container.FORMAT_VERSION
             and self.integer is None
             and self.kind != "factorized"
         ):
@@ -220,6 +215,21 @@ class OrtCodec:
                 f"({self.folder}) is float-only and reads formats 1-{container.FLOAT_VERSION}: "
                 "decode it with the export that encoded it (one with hyper_int.npz)"
             )
+
+    def check_hyper_tag(
+        self, header: container.Header, error: type[CompressorError] = BitstreamError
+    ) -> None:
+        """A float-path file decodes only where h_s runs as it did when it was encoded."""
+        tag = header.hyper_tag if header.version == container.TAGGED_VERSION else 0
+        if tag == self.hyper_tag:
+            return
+        names = {v: k for k, v in TAGS.items()}
+        theirs = names.get(tag, f"unknown tag {tag}")
+        raise error(
+            f"bitstream's float hyper-decoder ran on {theirs}, this codec runs it on "
+            f"{self.backend.tag}: its scale indexes may differ and the file would decode to "
+            f"garbage; decode it with {_how(theirs)} (or re-encode with the integer hyper path)"
+        )
 
     def check_model(self, model_id: bytes) -> None:
         if model_id != self.model_id:
@@ -339,21 +349,33 @@ class OrtCodec:
         return (1, entry["channels"], padded[0] // s, padded[1] // s)
 
 
-def load_codec(folder: Path, provider: str = "cpu", threads: int | None = None) -> OrtCodec:
-    """The runtime codec of an export folder (or of a pipeline step folder holding one)."""
+def load_codec(
+    folder: Path,
+    provider: str = "cpu",
+    threads: int | None = None,
+    *,
+    runtime: str | None = None,
+    precision: str = "fp32",
+) -> OrtCodec:
+    """The runtime codec of an export folder (or of a pipeline step folder holding one).
+
+    runtime: "ort" or "openvino" (default: ort, or openvino when provider is "openvino");
+    precision: "fp32", or "bf16" with OpenVINO on a CPU with native BF16 (never a default).
+    """
+    kw: dict[str, Any] = {"provider": provider, "threads": threads}
+    kw |= {"runtime": runtime, "precision": precision}
     if mf.read(mf.locate(Path(folder))).kind == "rnn":  # a loop of recurrent step graphs
         from compressor.runtime.rnn import RnnOrtCodec
 
-        return RnnOrtCodec(Path(folder), provider=provider, threads=threads)
-    return OrtCodec(Path(folder), provider=provider, threads=threads)
+        return RnnOrtCodec(Path(folder), **kw)
+    return OrtCodec(Path(folder), **kw)
 
 
-def _session(path: Path, opts: ort.SessionOptions, providers: list[str]) -> Any:
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-    except Exception as e:  # onnxruntime raises its own pybind exception types
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} cannot be loaded by ONNX Runtime ({first})") from None
+def _how(tag: str) -> str:
+    runtime, _, precision = tag.partition("-")
+    if runtime not in ("ort", "openvino"):
+        return "the runtime that encoded it"
+    return f"--runtime {runtime} --precision {precision}"
 
 
 def _symbols(values: np.ndarray, means: np.ndarray | None) -> np.ndarray:

@@ -8,6 +8,7 @@ Layout (all varints are LEB128, compressor.bitstream):
     height       varint    original image size, pixels
     width        varint
     pad          4 varints top, bottom, left, right zero padding to the model's multiple
+    hyper_tag    1 byte    format 4 only: what ran the float h_s (runtime.backends.TAGS)
     payload      rest      ANS words (little-endian uint32) of every latent
     crc32        4 bytes   little-endian CRC-32 of everything before it
 
@@ -23,7 +24,10 @@ of every scale: the same kernels, in practice the same machine, ORT version and 
 options (measured: another graph-optimisation level loses some Kodak files). 2 ends
 the ANS payload with a 32-bit end check (runtime.entropy), so a
 CRC-valid file whose payload is empty or short is refused before any graph runs. 1 (no end
-check) is still read, with the weaker end test it always had.
+check) is still read, with the weaker end test it always had. 4 is 2 with one more header
+byte, the tag of the runtime and precision that ran the float h_s (e.g. OpenVINO BF16); it is
+written when that is not ONNX Runtime FP32 (which formats 1-2 imply), so a decoder running
+h_s elsewhere refuses the file by name instead of decoding garbage.
 
 A CRC protects against damage, not against a forged file: its declared size is what the
 decoder will allocate for. `check_pixels` bounds it (DEFAULT_MAX_PIXELS unless the caller
@@ -43,8 +47,10 @@ MAGIC = b"CMPR"
 FORMAT_VERSION = 3
 #: what an export without integer tables (float h_s, factorized, rnn) writes
 FLOAT_VERSION = 2
+#: 2 plus the tag of the runtime that ran the float h_s (not ONNX Runtime FP32)
+TAGGED_VERSION = 4
 #: versions unpack() accepts; 1 lacks the payload end check
-READ_VERSIONS = (1, 2, 3)
+READ_VERSIONS = (1, 2, 3, 4)
 MODEL_ID_BYTES = 8
 #: the largest image a file may describe (about 33 Mpx, e.g. 8192 x 4096): a bound on memory
 MAX_PIXELS = 1 << 25
@@ -63,6 +69,8 @@ class Header:
     width: int
     pad: tuple[int, int, int, int]  # top, bottom, left, right
     version: int = FLOAT_VERSION
+    #: format 4: what ran the float h_s (runtime.backends.TAGS); 0 (ONNX Runtime FP32) else
+    hyper_tag: int = 0
 
     @property
     def padded(self) -> tuple[int, int]:
@@ -99,6 +107,12 @@ def pack(header: Header, payload: bytes) -> bytes:
     out += header.model_id
     for value in (header.height, header.width, *header.pad):
         out += bitstream.write_varint(value)
+    if header.version == TAGGED_VERSION:
+        if not 0 <= header.hyper_tag < 256:
+            raise ValueError("hyper_tag must fit one byte")
+        out.append(header.hyper_tag)
+    elif header.hyper_tag:
+        raise ValueError(f"only format {TAGGED_VERSION} records a hyper_tag")
     out += payload
     out += zlib.crc32(out).to_bytes(4, "little")
     return bytes(out)
@@ -133,7 +147,12 @@ def unpack(data: bytes) -> tuple[Header, bytes]:
     check_size(height, width)
     if any(p >= 1 << 12 for p in pad):
         raise BitstreamError(f"bitstream is corrupt (padding {pad} out of range)")
-    header = Header(model_id, height, width, (pad[0], pad[1], pad[2], pad[3]), version)
+    tag = 0
+    if version == TAGGED_VERSION:
+        if pos >= len(body):
+            raise BitstreamError("bitstream is truncated (no hyper-decoder tag)")
+        tag, pos = body[pos], pos + 1
+    header = Header(model_id, height, width, (pad[0], pad[1], pad[2], pad[3]), version, tag)
     return header, bytes(body[pos:])
 
 

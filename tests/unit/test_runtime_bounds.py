@@ -132,8 +132,8 @@ def test_format_1_files_still_decode(codec: OrtCodec, monkeypatch: pytest.Monkey
     v1 = container.pack(replace(header, version=1), payload)
     assert v1[4] == 1 and v2[4] == 2 and len(v2) > len(v1)
     assert np.array_equal(codec.decode(v1), codec.decode(v2))
-    with pytest.raises(BitstreamError, match=r"version 4 is not supported.*versions 1, 2, 3"):
-        codec.decode(v1[:4] + b"\x04" + v1[5:])
+    with pytest.raises(BitstreamError, match=r"version 5 is not supported.*versions 1, 2, 3, 4"):
+        codec.decode(v1[:4] + b"\x05" + v1[5:])
 
 
 # -- tiles ---------------------------------------------------------------------------------
