@@ -169,20 +169,24 @@ KILLABLE = [
     {"evaluate": {}},
     {"evaluate": {"images": None}},
     # long enough to be killed in: the kill lands while its temporary folder exists
-    {"finetune": {"max_steps": 400, "crop": 64, "val_crop": 64, "batch_size": 2}},
+    {"finetune": {"max_steps": 200, "crop": 64, "val_crop": 64, "batch_size": 2}},
     {"evaluate": {}},
 ]
+
+
+def killable_recipe(model: Path, tmp_path: Path) -> Path:
+    """KILLABLE with its own training images (never the evaluation ones)."""
+    r = recipe(tmp_path, model, KILLABLE)
+    data = yaml.safe_load(r.read_text())
+    data["data"]["train"] = str(write_images(tmp_path / "train", [(96, 96), (80, 96)], seed=7))
+    r.write_text(yaml.safe_dump(data))
+    return r
 
 
 def test_resume_after_sigkill_in_step_3_reruns_only_step_3_on(
     tiny_ckpt: Path, tmp_path: Path
 ) -> None:
-    write_images(tmp_path / "train", [(96, 96), (80, 96), (96, 80)], seed=7)
-    r = recipe(tmp_path, tiny_ckpt, KILLABLE)
-    data = yaml.safe_load(r.read_text())
-    data["data"]["train"] = str(tmp_path / "train")
-    r.write_text(yaml.safe_dump(data))
-    out = tmp_path / "run"
+    r, out = killable_recipe(tiny_ckpt, tmp_path), tmp_path / "run"
     proc = _cli("run", str(r), "--output", str(out))
     _wait_for(out / ".03_finetune.*.partial", proc)
     time.sleep(0.5)
@@ -205,12 +209,7 @@ def test_resume_after_sigkill_in_step_3_reruns_only_step_3_on(
 
 
 def test_ctrl_c_exits_130_and_the_run_says_interrupted(tiny_ckpt: Path, tmp_path: Path) -> None:
-    write_images(tmp_path / "train", [(96, 96), (80, 96), (96, 80)], seed=7)
-    r = recipe(tmp_path, tiny_ckpt, KILLABLE)
-    data = yaml.safe_load(r.read_text())
-    data["data"]["train"] = str(tmp_path / "train")
-    r.write_text(yaml.safe_dump(data))
-    out = tmp_path / "run"
+    r, out = killable_recipe(tiny_ckpt, tmp_path), tmp_path / "run"
     proc = _cli("run", str(r), "--output", str(out))
     _wait_for(out / ".03_finetune.*.partial", proc)
     proc.send_signal(signal.SIGINT)
