@@ -13,8 +13,9 @@ RUN := $(UV) run --frozen
 setup: .venv/.synced
 
 # The main job: the embedded default recipe (bundled model, scikit-image's sample photos).
+# --overwrite: a second `make demo` replaces the first demo's run folder (only ever one of ours).
 demo: setup
-	$(RUN) cli.py run recipes/default.yaml
+	$(RUN) cli.py run recipes/default.yaml --overwrite
 
 lint: setup
 	$(RUN) ruff check .
