@@ -1,6 +1,9 @@
-"""The deployable codec: ONNX Runtime graphs + numpy + constriction's ANS. Never imports torch.
+"""The deployable codec: ONNX Runtime or OpenVINO graphs + numpy + constriction's ANS.
+
+Never imports torch; installable on its own (deploy/runtime/pyproject.toml).
 
 codec = load_codec("exported/p/", provider="cpu", threads=1)
+codec = load_codec("exported/p/", runtime="openvino", precision="bf16")  # opt-in, lossy-er
 data = codec.encode(rgb8)          # HxWx3 uint8 -> bytes (header, payload, CRC)
 rgb8 = codec.decode(data)
 """
