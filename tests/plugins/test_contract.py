@@ -8,6 +8,7 @@ scope) keep all of it to a few seconds per family.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,51 @@ def test_every_family_is_in_the_contract() -> None:
     named = {*contract.NOT_EXPORTABLE, *contract.PRUNE_RATIOS, *contract.UNPRUNABLE}
     named |= {*contract.RUNTIME_TOLERANCE, *(a for a, _, _ in contract.PRUNE_REFUSALS)}
     assert named <= set(MODELS.names()), named - set(MODELS.names())
+
+
+# -- (f) the same through the command line a user types -----------------------------------
+def test_cli_encode_decode_evaluate(arch: str, exported: Path | None, tmp_path: Path) -> None:
+    """`cli.py encode`, `decode` and `evaluate` on the export give what the library gives."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from compressor.cli import main
+
+    if exported is None:
+        pytest.skip(f"{arch} has no export to run (its refusal: test_export_refusal...)")
+    image = tmp_path / "img.png"
+    Image.fromarray(IMAGE).save(image)
+    runner = CliRunner()
+    enc = runner.invoke(
+        main, ["encode", str(image), "--codec", str(exported), "-o", str(tmp_path / "f.cbin")]
+    )
+    assert enc.exit_code == 0, enc.output
+    data = (tmp_path / "f.cbin").read_bytes()
+    codec = load_codec(exported, threads=1)
+    assert data == codec.encode(IMAGE)
+    dec = runner.invoke(
+        main,
+        [
+            "decode",
+            str(tmp_path / "f.cbin"),
+            "--codec",
+            str(exported),
+            "-o",
+            str(tmp_path / "d.png"),
+        ],
+    )
+    assert dec.exit_code == 0, dec.output
+    decoded = np.asarray(Image.open(tmp_path / "d.png").convert("RGB"))
+    assert np.array_equal(decoded, codec.decode(data))
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(IMAGE).save(folder / "img.png")
+    ev = runner.invoke(
+        main,
+        ["evaluate", str(exported), "--data", str(folder), "--out", str(tmp_path / "ev"),
+         "--threads", "1"],
+    )  # fmt: skip
+    assert ev.exit_code == 0, ev.output
+    report = json.loads((tmp_path / "ev" / "report.json").read_text())
+    rows = report.get("rows") or report.get("images")
+    assert rows and rows[0]["bytes"] == len(data), report.keys()
