@@ -179,7 +179,8 @@ def parity(
             got = sess.run(None, {"input": inputs[name].numpy()})[0]
             if got.shape != ref.shape:
                 raise CheckpointError(f"graph {name} gives shape {got.shape}, torch {ref.shape}")
-            worst[name] = max(worst[name], float(np.abs(got - ref).max()))
+            # np.max, not max(): one NaN must fail the check (max(0.0, nan) is 0.0)
+            worst[name] = float(np.max([worst[name], np.abs(got - ref).max()]))
     return worst
 
 

@@ -171,3 +171,16 @@ def test_exporters_are_one_registry_keyed_by_family() -> None:
         spec_of(rnn_model)
     with pytest.raises(ValueError, match="registered twice"):
         export_onnx.register_exporter("rnn")(lambda m: spec_of(m))
+
+
+def test_a_nan_weight_fails_the_parity_check(tmp_path: Path) -> None:
+    """One NaN in a weight used to pass (max(0.0, nan) is 0.0) and surface at decode."""
+    from compressor.errors import CheckpointError
+    from tests.conftest import tiny_model
+
+    model = tiny_model()
+    with torch.no_grad():
+        next(iter(model.net.g_s.parameters())).view(-1)[0] = float("nan")
+    with pytest.raises(CheckpointError, match="differs from torch by nan"):
+        export_model(model, tmp_path / "exp")
+    assert not (tmp_path / "exp").exists()
