@@ -1,0 +1,230 @@
+"""run_search: the Optuna study over a SearchPlan, resumable, then the report and the check.
+
+The study lives in <search>/search.db (Optuna RDB storage, sqlite, one fixed study name,
+load_if_exists): a rerun with --resume continues the same study. A trial the killed search
+left RUNNING is marked failed and its parameters are asked again first; they resume in the
+same trial folder (the content-hash cache maps them there), so no finished work repeats.
+A parameter set the sampler proposes again is answered from the cache without running, and
+does not count against max_trials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compressor.errors import RecipeError
+from compressor.pipeline import one_line
+from compressor.progress import NullReporter, Reporter
+from compressor.runfolder import RunFolder
+from compressor.search.plan import SearchPlan, trial_raw
+from compressor.search.spec import Range, SearchSpec
+from compressor.search.trial import Cache, Outcome, cache_key, run_trial
+
+log = logging.getLogger(__name__)
+
+STUDY = "search"
+#: consecutive proposals of parameter sets already measured before the space counts as done
+MAX_REPEATS = 25
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    values: dict[str, Any]
+    outcome: Outcome
+    folder: str
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    trials: list[TrialRecord]
+    chosen: TrialRecord | None
+    goal_met: bool
+    front: list[TrialRecord] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+def run_search(sp: SearchPlan, reporter: Reporter | None = None) -> SearchResult:
+    """Run the search in its run folder (compressor.runfolder's rules), write the report."""
+    from compressor.search.report import finish
+
+    folder = RunFolder.open(sp.run_dir, sp.mode, sp.recipe.name)
+    reporter = reporter or NullReporter()
+    try:
+        records = _study(sp, folder, reporter)
+        result = finish(sp, folder.work, records, reporter)
+    except KeyboardInterrupt:
+        folder.abandon("interrupted", "interrupted by the user")
+        raise
+    except BaseException as e:
+        folder.abandon("failed", f"{type(e).__name__}: {e}"[:500])
+        raise
+    folder.finish("complete" if result.goal_met else "gate-failed")
+    result.run_dir = sp.run_dir
+    return result
+
+
+def spec_hash(sp: SearchPlan) -> str:
+    body = {"spec": sp.spec.model_dump(mode="json"), "recipe": sp.raw}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def open_study(sp: SearchPlan, work: Path) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{work / 'search.db'}")
+    # constraints reach the samplers through Trial.set_constraint (_tell): Optuna 5's way
+    sampler: Any
+    if sp.spec.multi_objective:
+        sampler = optuna.samplers.NSGAIISampler(seed=sp.spec.seed)
+        directions: list[Any] = ["minimize"] * 3
+    else:
+        sampler = optuna.samplers.TPESampler(seed=sp.spec.seed)
+        directions = ["minimize"]
+    study = optuna.create_study(
+        study_name=STUDY,
+        storage=storage,
+        sampler=sampler,
+        directions=directions,
+        load_if_exists=True,
+    )
+    made_with = study.user_attrs.get("spec")
+    if made_with is None:
+        study.set_user_attr("spec", spec_hash(sp))
+    elif made_with != spec_hash(sp):
+        raise RecipeError(
+            f"{sp.run_dir} holds a search of another recipe or search block; --overwrite "
+            "to start again, or restore the recipe to resume"
+        )
+    return study
+
+
+def _recover(study: Any) -> None:
+    """Trials a killed search left RUNNING: failed now, their parameters asked again next."""
+    from optuna.trial import TrialState
+
+    queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    waiting = [t.system_attrs.get("fixed_params") for t in queued]
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+        if t.params not in waiting:  # (skip_if_exists would also match the failed trial)
+            study.enqueue_trial(t.params)
+            waiting.append(t.params)
+
+
+def suggest(trial: Any, spec: SearchSpec) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for path, choices in spec.space.items():
+        if isinstance(choices, Range):
+            values[path] = _suggest_range(trial, path, choices)
+        elif all(isinstance(c, bool | int | float | str) or c is None for c in choices):
+            values[path] = trial.suggest_categorical(path, choices)
+        else:  # lists or mappings (e.g. keep_float sets): Optuna sees their index
+            values[path] = choices[trial.suggest_categorical(f"{path}#", list(range(len(choices))))]
+    return values
+
+
+def _suggest_range(trial: Any, path: str, r: Range) -> float | int:
+    if r.integer:
+        step = int(r.step) if r.step else 1
+        return int(trial.suggest_int(path, int(r.low), int(r.high), step=step, log=r.log))
+    return float(trial.suggest_float(path, r.low, r.high, step=r.step, log=r.log))
+
+
+def _study(sp: SearchPlan, folder: RunFolder, reporter: Reporter) -> list[TrialRecord]:
+    from optuna.trial import TrialState
+
+    work = folder.work
+    study = open_study(sp, work)
+    _recover(study)
+    cache = Cache(work / "cache")
+    sources = [s for s in (sp.images, sp.recipe.data.train, sp.recipe.data.calibration) if s]
+    deadline = time.monotonic() + sp.spec.max_minutes * 60 if sp.spec.max_minutes else None
+    ran = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("counted"))
+    repeats = 0
+    reporter.start("searching", sp.spec.max_trials)
+    while ran < sp.spec.max_trials and repeats < MAX_REPEATS:
+        if deadline is not None and time.monotonic() > deadline:
+            log.info("search: max_minutes reached after %d trials", ran)
+            break
+        trial = study.ask()
+        values = suggest(trial, sp.spec)
+        raw = trial_raw(sp.raw, values, sp.spec, sp.images)
+        raw["name"] = f"{sp.recipe.name}-trial"
+        key = cache_key(raw, sp.model, sources)
+        entry = cache.get(key)
+        trial.set_user_attr("values", values)
+        # folders are relative to the search folder: a replacing search works in a staging
+        # folder that is renamed at the end
+        rel = str(entry["folder"]) if entry else f"trials/{trial.number:04d}"
+        trial.set_user_attr("folder", rel)
+        if entry is not None and entry.get("outcome") is not None:
+            outcome, repeats = Outcome.from_json(entry["outcome"]), repeats + 1
+            trial.set_user_attr("cached", True)
+        else:
+            repeats = 0
+            cache.put(key, {"folder": rel, "values": values, "outcome": None})
+            folder.steps.append(rel)
+            folder.mark("running")
+            outcome = _run(raw, work / rel, sp, reporter)
+            cache.put(key, {"folder": rel, "values": values, "outcome": outcome.to_json()})
+            trial.set_user_attr("counted", True)
+            ran += 1
+            reporter.advance(1, trial=trial.number)
+        _tell(study, trial, outcome, sp.spec)
+        if sp.spec.space_size() <= _distinct(study):
+            break  # every parameter set measured: nothing left to learn
+    reporter.finish()
+    return _records(study, TrialState)
+
+
+def _run(raw: dict[str, Any], target: Path, sp: SearchPlan, reporter: Reporter) -> Outcome:
+    """One trial; a failing trial is recorded (one line), never the end of the search."""
+    try:
+        return run_trial(raw, target, sp.spec.objective, reporter)
+    except Exception as e:  # one bad trial (bad input or a crash) must not cost the search
+        log.warning("trial %s failed: %s", target.name, one_line(e))
+        return Outcome(error=one_line(e))
+
+
+def _tell(study: Any, trial: Any, outcome: Outcome, spec: SearchSpec) -> None:
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("outcome", outcome.to_json())
+    for gate, value in outcome.constraints().items():
+        trial.set_constraint(gate, value)
+    if outcome.error is not None or outcome.latency is None:
+        study.tell(trial, state=TrialState.FAIL)
+    elif spec.multi_objective:
+        loss = outcome.quality_loss if outcome.quality_loss is not None else 0.0
+        study.tell(trial, [outcome.latency, loss, outcome.size_mb or 0.0])
+    else:
+        study.tell(trial, outcome.latency)
+
+
+def _distinct(study: Any) -> int:
+    seen = {json.dumps(t.user_attrs.get("values"), sort_keys=True) for t in study.trials}
+    return len(seen)
+
+
+def _records(study: Any, states: Any) -> list[TrialRecord]:
+    """Every trial that ran to an outcome, in order: the killed ones are left out, and so
+    are proposals answered from the cache (they ran as the earlier trial they repeat)."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        if "outcome" not in t.user_attrs or t.state not in (states.COMPLETE, states.FAIL):
+            continue
+        if t.user_attrs.get("cached"):
+            continue
+        outcome = Outcome.from_json(t.user_attrs["outcome"])
+        folder = str(t.user_attrs.get("folder", ""))
+        out.append(TrialRecord(t.number, t.user_attrs["values"], outcome, folder))
+    return out

@@ -1,0 +1,141 @@
+"""plan_search: the recipe, its `search:` block and every choice checked before weights load.
+
+The search works on the raw recipe (a mapping): each trial is that mapping with its choices
+set, validated again through parse_recipe, so a trial is exactly a recipe `cli.py run` takes.
+Trials measure on search images (data.calibration, else data.train, or search.images), never
+on data.eval: the chosen recipe alone is checked on data.eval, at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compressor import pipeline
+from compressor.data import image_paths
+from compressor.errors import RecipeError
+from compressor.recipe import Recipe, _same_source, parse_recipe, read_recipe_file, short
+from compressor.search.spec import (
+    SearchSpec,
+    choices_to_check,
+    materialise,
+    parse_spec,
+    step_index,
+)
+
+#: steps whose `images` field the trials point at the search images
+IMAGE_STEPS = ("validate", "evaluate")
+
+
+@dataclass
+class SearchPlan:
+    spec: SearchSpec
+    raw: dict[str, Any]  # the recipe without its search block
+    recipe: Recipe
+    source: str
+    run_dir: Path
+    mode: str  # new | resume | replace (compressor.runfolder)
+    images: str  # what the trials measure on
+    model: Path
+
+
+def load_search(
+    path: Path, output: Path | None = None, *, resume: bool = False, overwrite: bool = False
+) -> SearchPlan:
+    raw = read_recipe_file(path)
+    if not isinstance(raw, dict) or "search" not in raw:
+        raise RecipeError(f"{path}: no search: block (space, objective, constraints) to run")
+    raw = dict(raw)
+    block = raw.pop("search")
+    return plan_search(raw, block, str(path), output, resume=resume, overwrite=overwrite)
+
+
+def plan_search(
+    raw: dict[str, Any],
+    block: Any,
+    source: str,
+    output: Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> SearchPlan:
+    """Check everything a search needs; loads no weights and touches no folder."""
+    spec = parse_spec(block, source)
+    recipe = parse_recipe(raw, source)
+    if not any(name == "validate" for name, _ in recipe.steps):
+        raise RecipeError(
+            f"{source}: a search measures each trial with the recipe's validate step: add "
+            "`- validate: {}` (its gates are the constraints unless search.constraints is set)"
+        )
+    if isinstance(recipe.model, list) or any(c in str(recipe.model) for c in "*?["):
+        raise RecipeError(f"{source}: searching a family is not supported yet; search one model")
+    images = search_images(spec, recipe, source)
+    run_dir = Path(output or recipe.output or Path("exported") / f"{recipe.name}-search")
+    base = pipeline.plan(
+        recipe, run_dir, source=source, raw=raw, resume=resume, overwrite=overwrite
+    )
+    for path, choices in spec.space.items():
+        for value in choices_to_check(choices):
+            check_choice(raw, path, value, source)
+    trial = trial_raw(raw, {}, spec, images)
+    check_recipe(trial, f"{source} (a trial)")
+    return SearchPlan(spec, raw, recipe, source, base.run_dir, base.mode, images, base.model)
+
+
+def search_images(spec: SearchSpec, recipe: Recipe, source: str) -> str:
+    images = spec.images or recipe.data.calibration or recipe.data.train
+    if images is None:
+        raise RecipeError(
+            f"{source}: search trials measure on images that are not the evaluation images: "
+            "set data.calibration, data.train or search.images"
+        )
+    if _same_source(images, recipe.data.eval):
+        raise RecipeError(
+            f"{source}: search.images is the evaluation source {short(images)}: the search must "
+            "never see the images its result is checked on"
+        )
+    image_paths(images)
+    return images
+
+
+def check_choice(raw: dict[str, Any], path: str, value: Any, source: str) -> None:
+    """One choice in isolation: the recipe with only that field changed must be valid."""
+    where = f"{source}: search.space.{short(path, 60)} = {short(value, 40)}"
+    step_index(raw, path, source)
+    check_recipe(materialise(raw, {path: value}, source), where)  # errors name the field
+
+
+def check_recipe(data: dict[str, Any], source: str) -> Recipe:
+    """parse_recipe plus the plan-time checks of every step (no folder, no weights)."""
+    recipe = parse_recipe(data, source)
+    steps = [(pipeline.STEPS.get(name), params) for name, params in recipe.steps]
+    model = pipeline.resolve_model(str(recipe.model))
+    try:
+        pipeline.check_steps(steps, model, recipe)
+    except RecipeError as e:
+        raise RecipeError(f"{source}: {e}") from None
+    return recipe
+
+
+def trial_raw(
+    raw: dict[str, Any], values: dict[str, Any], spec: SearchSpec, images: str | None
+) -> dict[str, Any]:
+    """The recipe of one trial (images: the search images) or of the result (images None:
+    the recipe's own, i.e. data.eval): the choices set, the constraints as the last validate
+    step's gates, no output of its own (the search gives it one)."""
+    out = materialise(raw, values, "recipe")
+    out.pop("output", None)
+    steps = out["steps"]
+    last = max(i for i, s in enumerate(steps) if isinstance(s, dict) and "validate" in s)
+    if spec.constraints is not None:
+        params = dict(steps[last]["validate"] or {})
+        params["gates"] = copy.deepcopy(spec.constraints)
+        steps[last] = {"validate": params}
+    if images is not None:
+        for i, step in enumerate(steps):
+            ((name, params),) = step.items()
+            if name in IMAGE_STEPS:
+                steps[i] = {name: {**(params or {}), "images": images}}
+    return out

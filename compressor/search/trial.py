@@ -1,0 +1,143 @@
+"""One trial: a materialised recipe run through the pipeline in its own run folder, its
+measures read from the validate step's report, its result cached under a content hash.
+
+The cache key covers everything the result depends on: the trial's recipe (choices set), the
+model file's bytes, the image sources' files and the package versions. A finished key is
+never run again; a key whose run was killed resumes in its own folder (the pipeline keeps
+the steps that finished).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compressor import pipeline
+from compressor.artifact import sha256, versions
+from compressor.fsutil import write_text
+from compressor.progress import Reporter
+from compressor.recipe import parse_recipe
+from compressor.validate import GATE_RULES
+
+log = logging.getLogger(__name__)
+
+#: a constraint that could not be measured counts as violated by this much
+UNMEASURED = 1e6
+OBJECTIVE_KEYS = {
+    "total_latency": ("encode_ms", "decode_ms"),
+    "encode_latency": ("encode_ms",),
+    "decode_latency": ("decode_ms",),
+}
+
+
+@dataclass
+class Outcome:
+    """What a finished trial measured (or why it failed)."""
+
+    latency: float | None = None  # candidate / baseline time of the objective (1.0 = same)
+    latency_ms: float | None = None
+    quality_loss: float | None = None  # PSNR drop, dB
+    bpp_increase: float | None = None
+    size_mb: float | None = None
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return self.error is None and all(g["passed"] for g in self.gates)
+
+    def constraints(self) -> dict[str, float]:
+        """Gate -> Optuna's constraint value: <= 0 means that constraint holds."""
+        return {g["gate"]: min(violation(g), UNMEASURED) for g in self.gates}
+
+    def violation(self) -> float:
+        """Summed violations, each relative to its limit: how far from feasible."""
+        if self.error is not None:
+            return UNMEASURED
+        return sum(max(0.0, violation(g)) / max(abs(g["limit"]), 1e-6) for g in self.gates)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "feasible": self.feasible}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def violation(gate: dict[str, Any]) -> float:
+    value = gate["value"]
+    if value is None:
+        return UNMEASURED
+    upper = GATE_RULES[gate["gate"]][1]
+    return float(value - gate["limit"] if upper else gate["limit"] - value)
+
+
+def cache_key(raw: dict[str, Any], model: Path, sources: list[str]) -> str:
+    trial = {k: v for k, v in raw.items() if k not in ("name", "output")}
+    parts = {
+        "recipe": trial,
+        "model": sha256(model),
+        "data": {s: pipeline.data_fingerprint(s) for s in sorted(set(sources))},
+        "versions": versions(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Cache:
+    """<search>/cache/<key>.json: {folder, params, status, outcome}."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.folder / f"{key}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def put(self, key: str, entry: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_text(self.folder / f"{key}.json", json.dumps(entry, indent=2, default=str) + "\n")
+
+
+def run_trial(raw: dict[str, Any], folder: Path, objective: str, reporter: Reporter) -> Outcome:
+    """Run one trial recipe into `folder` (resuming it if a killed search left it there)."""
+    recipe = parse_recipe(raw, f"trial {folder.name}")
+    resume = folder.is_dir() and any(folder.iterdir())
+    p = pipeline.plan(recipe, folder, source=f"trial {folder.name}", raw=raw, resume=resume)
+    result = pipeline.run(p, reporter)
+    return measure(result, objective)
+
+
+def measure(result: pipeline.RunResult, objective: str) -> Outcome:
+    """The objective and constraint values of a finished run, from its last validate report."""
+    checks = [a for a in result.artifacts if a.step == "validate"]
+    if not checks:
+        return Outcome(error="the run stopped before its validate step")
+    report = json.loads((Path(checks[-1].path) / "report.json").read_text())
+    base, cand = report["baseline"], report["candidate"]
+    keys = OBJECTIVE_KEYS[objective]
+    base_ms = sum(base.get(k) or 0.0 for k in keys)
+    cand_ms = sum(cand.get(k) or 0.0 for k in keys)
+    model = next((a for a in result.artifacts if a.id == checks[-1].parent), None)
+    size = sum_bytes(Path(model.path)) / 1e6 if model is not None else None
+    deltas = report["deltas"]
+    return Outcome(
+        latency=cand_ms / base_ms if base_ms > 0 else None,
+        latency_ms=cand_ms,
+        quality_loss=deltas.get("psnr_drop_db"),
+        bpp_increase=deltas.get("bpp_increase"),
+        size_mb=size,
+        gates=report["gates"],
+    )
+
+
+def sum_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0

@@ -1,0 +1,180 @@
+"""cli.py search: a resumable Optuna search over a recipe's choices, checked before weights
+load, with a best-effort report (exit 1) when nothing meets the constraints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from compressor.cli import main
+from tests.conftest import REPO, write_images
+
+PRUNE = {"ratio": {"encoder": 0.25}, "round_to": 1, "report_size": [64, 64]}
+
+
+def search_recipe(
+    tmp_path: Path, model: Path, search: dict[str, Any], steps: list | None = None
+) -> Path:
+    """A recipe over the tiny model: prune, validate; eval and calibration images disjoint."""
+    ev = tmp_path / "eval"
+    if not ev.exists():
+        write_images(ev, [(64, 64), (64, 80)], seed=1)
+        write_images(tmp_path / "cal", [(64, 64), (80, 64)], seed=11)
+    body = {
+        "name": "s",
+        "model": str(model),
+        "data": {"eval": str(ev), "calibration": str(tmp_path / "cal")},
+        "threads": 1,
+        "steps": steps
+        or [{"prune": {**PRUNE, "latency_repeats": 0}}, {"validate": {"repeats": 1}}],
+        "search": search,
+    }
+    path = tmp_path / f"search-{len(list(tmp_path.glob('search-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+SPACE = {"steps.prune.ratio.encoder": [0.25, 0.5, 0.75], "steps.prune.importance": ["l1", "l2"]}
+
+
+def search(*args: str) -> Any:
+    return CliRunner().invoke(main, ["search", *args])
+
+
+def test_search_writes_its_report_and_a_runnable_best_recipe(
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    limits = {"max_psnr_drop_db": 100.0}
+    r = search_recipe(tmp_path, tiny_ckpt, {"space": SPACE, "max_trials": 3, "constraints": limits})
+    out = tmp_path / "search"
+    result = search(str(r), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "search.json").read_text())
+    assert summary["goal_met"] is True and summary["trials"] == 3
+    assert summary["final_check"]["passed"] is True
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 3 and all(float(row["latency"]) > 0 for row in rows)
+    assert (
+        len({(row["steps.prune.ratio.encoder"], row["steps.prune.importance"]) for row in rows})
+        == 3
+    )
+    assert (out / "pareto.png").stat().st_size > 1000
+    assert json.loads((out / "pareto.json").read_text())["front"]
+    # the trials measured the calibration images, never the evaluation ones
+    for manifest in out.glob("trials/*/02_validate/manifest.json"):
+        assert json.loads(manifest.read_text())["params"]["images"] == str(tmp_path / "cal")
+    final = json.loads((out / "final" / "02_validate" / "manifest.json").read_text())
+    assert final["params"]["images"] is None  # data.eval
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    chosen = summary["chosen"]["values"]
+    assert best["steps"][0]["prune"]["ratio"]["encoder"] == chosen["steps.prune.ratio.encoder"]
+    assert "images" not in best["steps"][1]["validate"] and "search" not in best
+    rerun = CliRunner().invoke(
+        main, ["run", str(out / "best.yaml"), "--output", str(tmp_path / "b")]
+    )
+    assert rerun.exit_code == 0, rerun.output
+
+
+def test_impossible_constraints_report_the_best_effort_and_exit_1(
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    limits = {"max_psnr_drop_db": 0.0, "min_speedup": 100.0}
+    r = search_recipe(tmp_path, tiny_ckpt, {"space": SPACE, "max_trials": 2, "constraints": limits})
+    out = tmp_path / "search"
+    result = search(str(r), "--output", str(out))
+    assert result.exit_code == 1, result.output
+    assert "goal_met: false" in result.output and "best effort" in result.output
+    summary = json.loads((out / "search.json").read_text())
+    assert summary["goal_met"] is False and summary["best_effort"] is True
+    assert summary["trials"] == 2 and summary["chosen"]["latency"] > 0
+    speed = next(g for g in summary["chosen"]["gates"] if g["gate"] == "min_speedup")
+    assert speed["passed"] is False and speed["value"] < 100
+    assert (out / "best.yaml").is_file() and (out / "pareto.png").is_file()
+    assert len(list(csv.DictReader((out / "trials.csv").open()))) == 2
+    assert json.loads((out / "run.json").read_text())["status"] == "gate-failed"
+
+
+@pytest.mark.parametrize(
+    ("space", "constraints", "needle"),
+    [
+        ({"steps.prune.nonsense": [1, 2]}, None, "nonsense"),
+        ({"steps.prune.importance": []}, None, "empty choice list"),
+        ({"steps.prune.ratio.encoder": [0.2, 1.0]}, None, "outside [0, 1)"),
+        ({"steps.prune.ratio.encoder": {"low": 0.1, "high": 1.5}}, None, "outside [0, 1)"),
+        ({"steps.quantize.backend": ["ort-static"]}, None, "'quantize' is not a step"),
+        ({"steps.prune.importance": ["l1"]}, {"max_psnr": 0.3}, "not a validate gate"),
+        ({"steps.prune.importance": ["l1", "magic"]}, None, "importance"),
+    ],
+)
+def test_bad_search_spaces_are_one_line_errors_before_any_work(
+    space: dict[str, Any],
+    constraints: dict[str, float] | None,
+    needle: str,
+    tiny_ckpt: Path,
+    tmp_path: Path,
+) -> None:
+    block: dict[str, Any] = {"space": space, "max_trials": 2}
+    if constraints:
+        block["constraints"] = constraints
+    out = tmp_path / "search"
+    result = search(str(search_recipe(tmp_path, tiny_ckpt, block)), "--output", str(out))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert needle in result.stderr, result.stderr
+    assert not out.exists()
+
+
+def _cli(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "cli.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_killed_search_resumes_without_repeating_a_trial(tiny_ckpt: Path, tmp_path: Path) -> None:
+    block = {
+        "space": SPACE,
+        "max_trials": 4,
+        "constraints": {"max_psnr_drop_db": 100.0},
+        "final_check": False,
+    }
+    r, out = search_recipe(tmp_path, tiny_ckpt, block), tmp_path / "search"
+    proc = _cli("search", str(r), "--output", str(out))
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "trials" / "0001").exists():  # trial 0 finished, trial 1 under way
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the second trial never started"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    first = out / "trials" / "0000" / "02_validate" / "manifest.json"
+    kept = first.stat().st_mtime_ns
+    again = _cli("search", str(r), "--output", str(out), "--resume")
+    _, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr
+    assert first.stat().st_mtime_ns == kept  # the finished trial was not run again
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    combos = [(row["steps.prune.ratio.encoder"], row["steps.prune.importance"]) for row in rows]
+    assert len(rows) == 4 and len(set(combos)) == 4, rows
+    # each parameter set ran in exactly one trial folder, and each folder ran once
+    runs = [json.loads(p.read_text()) for p in out.glob("cache/*.json")]
+    assert sorted(e["folder"] for e in runs) == sorted(row["folder"] for row in rows)
+    assert json.loads((out / "search.json").read_text())["trials"] == 4
