@@ -21,6 +21,7 @@ from typing import Any
 from compressor.errors import RecipeError
 from compressor.pipeline import one_line
 from compressor.progress import NullReporter, Reporter
+from compressor.recipe import parse_recipe
 from compressor.runfolder import RunFolder
 from compressor.search.plan import SearchPlan, trial_raw
 from compressor.search.spec import Range, SearchSpec
@@ -169,6 +170,9 @@ def _study(sp: SearchPlan, folder: RunFolder, reporter: Reporter) -> list[TrialR
         if entry is not None and entry.get("outcome") is not None:
             outcome, repeats = Outcome.from_json(entry["outcome"]), repeats + 1
             trial.set_user_attr("cached", True)
+        elif (invalid := _invalid(raw)) is not None:  # choices valid alone, not together
+            outcome, repeats = Outcome(error=invalid), repeats + 1
+            cache.put(key, {"folder": rel, "values": values, "outcome": outcome.to_json()})
         else:
             repeats = 0
             cache.put(key, {"folder": rel, "values": values, "outcome": None})
@@ -184,6 +188,15 @@ def _study(sp: SearchPlan, folder: RunFolder, reporter: Reporter) -> list[TrialR
             break  # every parameter set measured: nothing left to learn
     reporter.finish()
     return _records(study, TrialState)
+
+
+def _invalid(raw: dict[str, Any]) -> str | None:
+    """Why a combination of choices makes no valid recipe (it is recorded, not run)."""
+    try:
+        parse_recipe(raw, "trial")
+    except RecipeError as e:
+        return one_line(e)
+    return None
 
 
 def _run(raw: dict[str, Any], target: Path, sp: SearchPlan, reporter: Reporter) -> Outcome:

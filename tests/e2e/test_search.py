@@ -178,3 +178,32 @@ def test_a_killed_search_resumes_without_repeating_a_trial(tiny_ckpt: Path, tmp_
     runs = [json.loads(p.read_text()) for p in out.glob("cache/*.json")]
     assert sorted(e["folder"] for e in runs) == sorted(row["folder"] for row in rows)
     assert json.loads((out / "search.json").read_text())["trials"] == 4
+
+
+def test_the_search_int8_recipe_searches_quantization_choices(
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    """recipes/search-int8.yaml on the tiny model: small images, 2 calibration images, and
+    the backend key left out of its space (INC's import alone takes long on 2 cores)."""
+    data = yaml.safe_load((REPO / "recipes" / "search-int8.yaml").read_text())
+    data["model"] = str(tiny_ckpt)
+    data["data"] = {
+        "eval": str(write_images(tmp_path / "eval", [(64, 64), (64, 80)], seed=1)),
+        "calibration": str(write_images(tmp_path / "cal", [(64, 64), (80, 64)], seed=11)),
+    }
+    data["steps"][1]["quantize"]["calibration"].update(images=2, crop=64)
+    data["search"]["space"].pop("steps.quantize.backend")
+    data["search"]["constraints"] = {"max_psnr_drop_db": 3.0}  # a random tiny model
+    r = tmp_path / "search-int8.yaml"
+    r.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "search"
+    result = search(str(r), "--output", str(out), "--max-trials", "2")
+    assert result.exit_code in (0, 1), result.output
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 2 and all(not row["error"] for row in rows), rows
+    summary = json.loads((out / "search.json").read_text())
+    assert summary["goal_met"] == (result.exit_code == 0)
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    chosen = summary["chosen"]["values"]
+    assert best["steps"][1]["quantize"]["keep_float"] == chosen["steps.quantize.keep_float"]
+    assert best["steps"][2]["validate"]["gates"] == {"max_psnr_drop_db": 3.0}
