@@ -10,7 +10,6 @@ does not count against max_trials.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,17 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import RecipeError
+from compressor.fsutil import write_text
 from compressor.pipeline import one_line
 from compressor.progress import NullReporter, Reporter
 from compressor.recipe import parse_recipe
 from compressor.runfolder import RunFolder
-from compressor.search.plan import SearchPlan, trial_raw
+from compressor.search.plan import SPEC_FILE, SearchPlan, spec_hash, trial_raw
 from compressor.search.spec import Range, SearchSpec
 from compressor.search.trial import Cache, Outcome, cache_key, run_trial
 
 log = logging.getLogger(__name__)
 
 STUDY = "search"
+#: the expensive steps a screen leaves out of a trial's one-shot run
+SCREENED_STEPS = ("finetune",)
 #: consecutive proposals of parameter sets already measured before the space counts as done
 MAX_REPEATS = 25
 
@@ -72,11 +74,6 @@ def run_search(sp: SearchPlan, reporter: Reporter | None = None) -> SearchResult
     return result
 
 
-def spec_hash(sp: SearchPlan) -> str:
-    body = {"spec": sp.spec.model_dump(mode="json"), "recipe": sp.raw}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def open_study(sp: SearchPlan, work: Path) -> Any:
     import optuna
 
@@ -97,14 +94,7 @@ def open_study(sp: SearchPlan, work: Path) -> Any:
         directions=directions,
         load_if_exists=True,
     )
-    made_with = study.user_attrs.get("spec")
-    if made_with is None:
-        study.set_user_attr("spec", spec_hash(sp))
-    elif made_with != spec_hash(sp):
-        raise RecipeError(
-            f"{sp.run_dir} holds a search of another recipe or search block; --overwrite "
-            "to start again, or restore the recipe to resume"
-        )
+    write_text(work / SPEC_FILE, spec_hash(sp) + "\n")  # plan_search checks it on --resume
     return study
 
 
@@ -178,7 +168,7 @@ def _study(sp: SearchPlan, folder: RunFolder, reporter: Reporter) -> list[TrialR
             cache.put(key, {"folder": rel, "values": values, "outcome": None})
             folder.steps.append(rel)
             folder.mark("running")
-            outcome = _run(raw, work / rel, sp, reporter)
+            outcome = _screened_run(raw, work, rel, sp, reporter)
             cache.put(key, {"folder": rel, "values": values, "outcome": outcome.to_json()})
             trial.set_user_attr("counted", True)
             ran += 1
@@ -199,6 +189,34 @@ def _invalid(raw: dict[str, Any]) -> str | None:
     return None
 
 
+def _screened_run(
+    raw: dict[str, Any], work: Path, rel: str, sp: SearchPlan, reporter: Reporter
+) -> Outcome:
+    """Cheap first: with search.screen set and fine-tune steps in the recipe, the trial runs
+    one-shot (those steps left out) in <rel>-screen first; only a trial whose one-shot PSNR
+    drop is within screen.max_psnr_drop_db goes on to the full recipe, fine-tuning included."""
+    screen = sp.spec.screen
+    one_shot = without_steps(raw, SCREENED_STEPS)
+    if screen is None or one_shot is None or _invalid(one_shot) is not None:
+        return _run(raw, work / rel, sp, reporter)
+    first = _run(one_shot, work / f"{rel}-screen", sp, reporter)
+    if first.error is not None or screened_out(first, screen.max_psnr_drop_db):
+        first.screened = True
+        return first
+    return _run(raw, work / rel, sp, reporter)
+
+
+def without_steps(raw: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any] | None:
+    """The recipe without the named steps; None when it has none of them."""
+    kept = [s for s in raw["steps"] if next(iter(s)) not in names]
+    return None if len(kept) == len(raw["steps"]) else {**raw, "steps": kept}
+
+
+def screened_out(outcome: Outcome, limit: float) -> bool:
+    loss = outcome.quality_loss
+    return loss is None or loss > limit
+
+
 def _run(raw: dict[str, Any], target: Path, sp: SearchPlan, reporter: Reporter) -> Outcome:
     """One trial; a failing trial is recorded (one line), never the end of the search."""
     try:
@@ -216,6 +234,11 @@ def _tell(study: Any, trial: Any, outcome: Outcome, spec: SearchSpec) -> None:
         trial.set_constraint(gate, value)
     if outcome.error is not None or outcome.latency is None:
         study.tell(trial, state=TrialState.FAIL)
+    elif outcome.screened and not spec.multi_objective:
+        trial.report(outcome.latency, step=0)  # TPE learns from a pruned trial's last value
+        study.tell(trial, state=TrialState.PRUNED)
+    elif outcome.screened:
+        study.tell(trial, state=TrialState.FAIL)  # NSGA-II takes no intermediate values
     elif spec.multi_objective:
         loss = outcome.quality_loss if outcome.quality_loss is not None else 0.0
         study.tell(trial, [outcome.latency, loss, outcome.size_mb or 0.0])
@@ -233,7 +256,7 @@ def _records(study: Any, states: Any) -> list[TrialRecord]:
     are proposals answered from the cache (they ran as the earlier trial they repeat)."""
     out = []
     for t in study.get_trials(deepcopy=False):
-        if "outcome" not in t.user_attrs or t.state not in (states.COMPLETE, states.FAIL):
+        if "outcome" not in t.user_attrs or t.state == states.RUNNING:
             continue
         if t.user_attrs.get("cached"):
             continue

@@ -9,6 +9,8 @@ on data.eval: the chosen recipe alone is checked on data.eval, at the end.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,11 @@ def plan_search(
         )
     if isinstance(recipe.model, list) or any(c in str(recipe.model) for c in "*?["):
         raise RecipeError(f"{source}: searching a family is not supported yet; search one model")
+    if spec.screen is not None and not any(name == "finetune" for name, _ in recipe.steps):
+        raise RecipeError(
+            f"{source}: search.screen runs trials one-shot before their fine-tuning, but the "
+            "recipe has no finetune step: drop screen or add the step"
+        )
     images = search_images(spec, recipe, source)
     run_dir = Path(output or recipe.output or Path("exported") / f"{recipe.name}-search")
     base = pipeline.plan(
@@ -81,7 +88,32 @@ def plan_search(
             check_choice(raw, path, value, source)
     trial = trial_raw(raw, {}, spec, images)
     check_recipe(trial, f"{source} (a trial)")
-    return SearchPlan(spec, raw, recipe, source, base.run_dir, base.mode, images, base.model)
+    sp = SearchPlan(spec, raw, recipe, source, base.run_dir, base.mode, images, base.model)
+    if sp.mode == "resume":
+        check_same_search(sp)
+    return sp
+
+
+#: the hash of the recipe and search block a search folder was made with
+SPEC_FILE = "search-spec.sha256"
+
+
+def spec_hash(sp: SearchPlan) -> str:
+    body = {"spec": sp.spec.model_dump(mode="json"), "recipe": sp.raw}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_same_search(sp: SearchPlan) -> None:
+    """--resume continues the same study only: another space would mix two searches."""
+    try:
+        made_with = (sp.run_dir / SPEC_FILE).read_text().strip()
+    except OSError:
+        return  # killed before it wrote the file: nothing of it to mix with
+    if made_with != spec_hash(sp):
+        raise RecipeError(
+            f"{sp.run_dir} holds a search of another recipe or search block; restore them to "
+            "resume, or pass --overwrite to start again"
+        )
 
 
 def search_images(spec: SearchSpec, recipe: Recipe, source: str) -> str:

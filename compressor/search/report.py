@@ -143,7 +143,7 @@ def _summary(sp: SearchPlan, result: SearchResult, feasible: bool) -> dict[str, 
 
 def write_trials_csv(path: Path, records: list[TrialRecord], space: list[str]) -> None:
     columns = ["number", *space, "latency", "latency_ms", "quality_loss", "bpp_increase"]
-    columns += ["size_mb", "feasible", "error", "folder"]
+    columns += ["size_mb", "feasible", "screened", "error", "folder"]
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(columns)
@@ -151,7 +151,8 @@ def write_trials_csv(path: Path, records: list[TrialRecord], space: list[str]) -
         o = r.outcome
         values = [_cell(r.values.get(k)) for k in space]
         measures = [o.latency, o.latency_ms, o.quality_loss, o.bpp_increase, o.size_mb]
-        w.writerow([r.number, *values, *measures, o.feasible, o.error or "", r.folder])
+        flags = [o.feasible, o.screened, o.error or ""]
+        w.writerow([r.number, *values, *measures, *flags, r.folder])
     write_text(path, buf.getvalue())
 
 

@@ -64,6 +64,16 @@ class Range(BaseModel):
         return math.inf
 
 
+class Screen(BaseModel):
+    """Cheap first: trials run one-shot (no fine-tune steps) on the search images first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_psnr_drop_db: float = Field(
+        ge=0, description="one-shot PSNR drop above which a trial is not fine-tuned"
+    )
+
+
 class SearchSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -87,6 +97,9 @@ class SearchSpec(BaseModel):
         0.05, ge=0, lt=1, description="latencies within this share of the fastest are a tie"
     )
     final_check: bool = Field(True, description="run the chosen recipe on data.eval at the end")
+    screen: Screen | None = Field(
+        None, description="fine-tune only trials whose one-shot quality is promising"
+    )
 
     @field_validator("space")
     @classmethod

@@ -45,10 +45,12 @@ class Outcome:
     size_mb: float | None = None
     gates: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    #: measured one-shot only: the screen stopped it before its fine-tuning
+    screened: bool = False
 
     @property
     def feasible(self) -> bool:
-        return self.error is None and all(g["passed"] for g in self.gates)
+        return self.error is None and not self.screened and all(g["passed"] for g in self.gates)
 
     def constraints(self) -> dict[str, float]:
         """Gate -> Optuna's constraint value: <= 0 means that constraint holds."""

@@ -178,6 +178,14 @@ def test_a_killed_search_resumes_without_repeating_a_trial(tiny_ckpt: Path, tmp_
     runs = [json.loads(p.read_text()) for p in out.glob("cache/*.json")]
     assert sorted(e["folder"] for e in runs) == sorted(row["folder"] for row in rows)
     assert json.loads((out / "search.json").read_text())["trials"] == 4
+    # resuming with another space would mix two searches in one study: refused at plan time
+    changed = yaml.safe_load(r.read_text())
+    changed["search"]["space"]["steps.prune.importance"] = ["l1", "random"]
+    r.write_text(yaml.safe_dump(changed, sort_keys=False))
+    before = (out / "run.json").read_bytes()
+    refused = search(str(r), "--output", str(out), "--resume")
+    assert refused.exit_code == 2 and "another recipe or search block" in refused.stderr
+    assert (out / "run.json").read_bytes() == before
 
 
 def test_the_search_int8_recipe_searches_quantization_choices(
@@ -207,3 +215,77 @@ def test_the_search_int8_recipe_searches_quantization_choices(
     chosen = summary["chosen"]["values"]
     assert best["steps"][1]["quantize"]["keep_float"] == chosen["steps.quantize.keep_float"]
     assert best["steps"][2]["validate"]["gates"] == {"max_psnr_drop_db": 3.0}
+
+
+FINETUNE = {"max_steps": 2, "crop": 64, "val_crop": 64, "batch_size": 2, "eval_every": 1}
+
+
+def screened_recipe(tmp_path: Path, model: Path, limit: float, max_trials: int) -> Path:
+    steps = [
+        {"prune": {**PRUNE, "latency_repeats": 0}},
+        {"finetune": FINETUNE},
+        {"validate": {"repeats": 1}},
+    ]
+    block = {
+        "space": SPACE,
+        "max_trials": max_trials,
+        "constraints": {"max_psnr_drop_db": 100.0},
+        "screen": {"max_psnr_drop_db": limit},
+        "final_check": False,
+    }
+    r = search_recipe(tmp_path, model, block, steps)
+    data = yaml.safe_load(r.read_text())
+    data["data"]["train"] = str(write_images(tmp_path / "train", [(96, 96), (80, 96)], seed=7))
+    r.write_text(yaml.safe_dump(data, sort_keys=False))
+    return r
+
+
+def test_a_screen_fine_tunes_only_trials_whose_one_shot_quality_passes(
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "search"
+    result = search(str(screened_recipe(tmp_path, tiny_ckpt, 100.0, 1)), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / "trials" / "0000-screen" / "02_validate").is_dir()  # one-shot: no finetune
+    assert sorted(p.name for p in (out / "trials" / "0000").iterdir() if p.is_dir()) == [
+        "01_prune",
+        "02_finetune",
+        "03_validate",
+    ]
+
+
+def test_screened_out_trials_are_never_fine_tuned_nor_chosen(
+    tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the tiny random model loses no PSNR when pruned, so every one-shot would pass a real
+    # limit: the verdict is forced to "not promising" to follow what the search does with it
+    monkeypatch.setattr("compressor.search.engine.screened_out", lambda outcome, limit: True)
+    out = tmp_path / "search"
+    result = search(str(screened_recipe(tmp_path, tiny_ckpt, 0.5, 2)), "--output", str(out))
+    assert result.exit_code == 1, result.output
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["0000-screen", "0001-screen"]
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["screened"] for r in rows] == ["True", "True"]
+    summary = json.loads((out / "search.json").read_text())
+    assert summary["goal_met"] is False and summary["best_effort"] is True
+
+
+def test_multi_objective_search_returns_a_pareto_front(tiny_ckpt: Path, tmp_path: Path) -> None:
+    block = {
+        "space": SPACE,
+        "max_trials": 3,
+        "multi_objective": True,
+        "constraints": {"max_psnr_drop_db": 100.0},
+        "final_check": False,
+    }
+    out = tmp_path / "search"
+    result = search(str(search_recipe(tmp_path, tiny_ckpt, block)), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["axes"] == ["latency", "quality_loss", "size_mb"] and pareto["trials"] == 3
+    front = pareto["front"]
+    assert 1 <= len(front) <= 3 and pareto["chosen"]["number"] in {r["number"] for r in front}
+    for a in front:  # no member of the front is dominated by another
+        for b in front:
+            axes = ("latency", "quality_loss", "size_mb")
+            assert not (all(b[k] <= a[k] for k in axes) and any(b[k] < a[k] for k in axes))
