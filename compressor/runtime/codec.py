@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 
 from compressor.errors import (
     BitstreamError,
@@ -41,6 +42,7 @@ from compressor.runtime.backends import (  # re-exported: their home used to be 
     PROVIDERS,
     TAGS,
     Backend,
+    OvSession,
     providers_for,
     runtime_of,
     session_options,
@@ -114,6 +116,8 @@ class OrtCodec:
         #: latents per side of each g_a / g_s tile (None: whole images); only memory depends
         #: on it, the bytes and pixels do not (tests/unit/test_runtime_bounds.py)
         self.tile: int | None = tiles.TILE
+        #: z latents per side of each integer h_s tile (None: whole); memory only, as above
+        self.hyper_tile: int | None = tiles.HYPER_TILE
         self._margins: dict[int, int | None] = {}  # receptive fields: g_s by stride, g_a -stride
         log.debug(
             "loaded %s codec %s (%s, %s threads)", self.kind, self.folder, self.provider, threads
@@ -137,7 +141,9 @@ class OrtCodec:
         means = None
         if self.kind == "mean-scale-hyperprior":  # y's symbols are centred on h_s's means
             means = self._hyper(z_sym, y.shape, integer=self.hyper == "integer")[1]
-        return self.encode_symbols(header, {"z": z_sym, "y": _symbols(y, means)})
+        y_sym = _symbols(y, means)
+        del y, means  # the float latent is not needed past here: its memory goes before coding
+        return self.encode_symbols(header, {"z": z_sym, "y": y_sym})
 
     def encode_symbols(self, header: container.Header, symbols: dict[str, np.ndarray]) -> bytes:
         """The file of given integer latents: what decode_latents returns, coded again.
@@ -256,7 +262,24 @@ class OrtCodec:
         if tile is None or margin is None:
             return g_a(image.to_input(rgb8, pad))
         padded = np.pad(rgb8, ((pad[0], pad[1]), (pad[2], pad[3]), (0, 0)))
-        return tiles.analyze(g_a, padded, stride, tile, margin)
+        y = tiles.analyze(g_a, padded, stride, tile, margin)
+        del padded
+        self._release("g_a", (1, 3, stride, stride))
+        return y
+
+    def _release(self, graph: str, shape: tuple[int, ...]) -> None:
+        """Hand ONNX Runtime's arena of `graph` back to the system once, after its tiles.
+
+        The arena keeps the largest tile's activations (~1 GB for g_a of a q2 hyperprior)
+        for the rest of the process; a tiny run with arena shrinkage frees them (~0.1 s).
+        Shrinking on every tile would cost page faults on each; OpenVINO has no such arena.
+        """
+        session = self.sessions[graph]
+        if isinstance(session, OvSession):
+            return
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        session.run(None, {session.get_inputs()[0].name: np.zeros(shape, np.float32)}, options)
 
     def _synthesize(
         self, y_hat: np.ndarray, pad: tuple[int, int, int, int], tile: int | None
@@ -319,7 +342,7 @@ class OrtCodec:
         """(scale-table indexes, means or None) for y, from h_s of the z symbols."""
         if integer and self.integer is not None:  # exact integers: the same on every machine
             z_shape = (1, self.medians.size, *z_sym.shape[-2:])
-            indexes, means = self.integer(z_sym.reshape(z_shape))
+            indexes, means = self._integer_hyper(z_sym.reshape(z_shape), y_shape)
             if indexes.size != int(np.prod(y_shape)):
                 raise CheckpointError(f"integer h_s gives {indexes.size} scales for y {y_shape}")
             return indexes, means
@@ -335,6 +358,19 @@ class OrtCodec:
         # count of table[:-1] < scale. Both in float32, so encoder and decoder agree exactly.
         indexes = np.searchsorted(self.scale_table[:-1], scales.ravel(), side="left")
         return indexes.astype(np.int64), means
+
+    def _integer_hyper(
+        self, z_sym: np.ndarray, y_shape: tuple[int, ...]
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The integer h_s, in tiles of z where it is large (its float64 arrays of a whole
+        4096 x 4096 image were ~800 MB); exact, so the same indexes and means either way."""
+        assert self.integer is not None
+        s = y_shape[-1] // max(z_sym.shape[-1], 1)
+        margin = tiles.integer_margin(self.integer.layers)
+        tile = self.hyper_tile
+        if tile is None or margin is None or max(z_sym.shape[-2:]) <= tile:
+            return self.integer(z_sym)
+        return tiles.hyper(self.integer, z_sym, tile, margin, s)
 
     def _dequantize(self, values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         return values.reshape(shape).astype(np.float32) + self.medians
@@ -379,13 +415,14 @@ def _how(tag: str) -> str:
 
 
 def _symbols(values: np.ndarray, means: np.ndarray | None) -> np.ndarray:
-    """round(values - means) as int64 (torch.round and np.rint both round half to even).
+    """round(values - means) as int32 (torch.round and np.rint both round half to even).
 
-    Clipped to the coder's range here, so the z the encoder feeds h_s is the z the decoder
-    decodes even for absurd latents.
+    Clipped to the coder's range here (|v| <= 2^29, so int32 holds it: half the memory of
+    int64), so the z the encoder feeds h_s is the z the decoder decodes even for absurd
+    latents.
     """
     centred = values if means is None else values - means
-    return np.clip(np.rint(centred), -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.int64)
+    return np.clip(np.rint(centred), -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.int32)
 
 
 def _array(arrays: dict[str, np.ndarray], key: str, path: Path, dtype: Any) -> np.ndarray:

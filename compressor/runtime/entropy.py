@@ -34,6 +34,8 @@ MAX_ABS_VALUE = 1 << 29
 _MAX_OFFSET = 1 << 20
 _NBITS = 32  # escape magnitudes have 0..31 significant bits
 _CHUNK = 16  # escape bits are coded in chunks of at most this many bits
+#: latent elements the encoder turns into symbols at a time (a bound on its working memory)
+CHUNK = 1 << 20
 #: the end check, two 16-bit halves (top bit set: the coder's state holds >= 32 bits under it)
 CHECK = np.array([0xC0DE, 0x5AFE], dtype=np.int32)
 CHECK_BITS = 32
@@ -76,14 +78,39 @@ class Tables:
 
 
 class Encoder:
-    """Collects the segments of every latent in decode order; `finish()` gives the bytes."""
+    """Collects the segments of every latent in decode order; `finish()` gives the bytes.
 
-    def __init__(self) -> None:
+    `chunk`: elements turned into symbols at a time. Only memory depends on it (a 4096 x 4096
+    image has 12.6 M latent elements; whole-size int64 temporaries were ~100 MB each): the
+    symbols of table k are still all of k's elements in flat order, and the escapes all
+    escaped elements in flat order, so the bytes are the same for any chunk (tested).
+    """
+
+    def __init__(self, chunk: int = CHUNK) -> None:
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1 element, got {chunk}")
+        self.chunk = chunk
         self._segments: list[tuple[np.ndarray, Any]] = []
 
     def latent(self, values: np.ndarray, indexes: np.ndarray, tables: Tables) -> None:
-        values = np.clip(values.ravel().astype(np.int64), -MAX_ABS_VALUE, MAX_ABS_VALUE)
-        idx = indexes.ravel().astype(np.int64)
+        values, indexes = values.reshape(-1), indexes.reshape(-1)
+        per_table: list[list[np.ndarray]] = [[] for _ in range(len(tables))]
+        escapes: list[np.ndarray] = []
+        for start in range(0, values.size, self.chunk):
+            part = slice(start, start + self.chunk)
+            escapes.append(self._symbols(values[part], indexes[part], tables, per_table))
+        for k, parts in enumerate(per_table):
+            if parts:
+                self._segments.append((np.concatenate(parts), tables.models[k]))
+        self._escapes(np.concatenate(escapes) if escapes else np.empty(0, np.int64))
+
+    @staticmethod
+    def _symbols(
+        values: np.ndarray, indexes: np.ndarray, tables: Tables, per_table: list[list[np.ndarray]]
+    ) -> np.ndarray:
+        """Append one chunk's symbols to their tables' lists; its escape magnitudes."""
+        values = np.clip(values.astype(np.int64), -MAX_ABS_VALUE, MAX_ABS_VALUE)
+        idx = indexes.astype(np.int64)
         sym = values - tables.offsets[idx]
         top = tables.escape[idx]
         low, high = sym < 0, sym >= top
@@ -98,9 +125,9 @@ class Encoder:
         start = 0
         for k, n in enumerate(counts.tolist()):
             if n:
-                self._segments.append((ordered[start : start + n], tables.models[k]))
+                per_table[k].append(ordered[start : start + n])
                 start += n
-        self._escapes(raw[escaped])
+        return raw[escaped]
 
     def _escapes(self, raw: np.ndarray) -> None:
         nbits = _bit_length(raw)

@@ -305,3 +305,35 @@ def test_cli_refuses_an_image_bomb(codec: OrtCodec, tmp_path: Path) -> None:
     code, output = cli(args)
     assert code == 2 and "10000000000 pixels" in output and "Traceback" not in output
     assert not (tmp_path / "a.cbin").exists()
+
+
+# -- bounded working memory: chunked coding, tiled integer h_s -----------------------------
+@pytest.mark.parametrize("arch", ["bmshj2018-hyperprior", "mbt2018-mean"])
+def test_chunked_coding_and_tiled_integer_hyper_are_byte_identical(
+    exports: dict[str, Path], arch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    codec = load_codec(exports[arch], threads=1)
+    rgb8 = smooth_image(190, 250, seed=6)  # z 4 x 4 (padded to 256 x 256), y 16 x 16
+    codec.hyper_tile = None
+    whole = codec.encode(rgb8)
+    z_sym = codec.decode_latents(whole)[1]["z"]
+    ref_idx, ref_means = codec.integer(z_sym)  # type: ignore[misc]
+    codec.hyper_tile = 1  # every z latent its own tile, each seeing the computed margin
+    idx, means = codec._integer_hyper(z_sym, (1, 1, 16, 16))
+    assert np.array_equal(idx, ref_idx) and idx.dtype == np.int32
+    assert (means is None) == (ref_means is None)
+    assert means is None or np.array_equal(means, ref_means)  # type: ignore[arg-type]
+    monkeypatch.setattr(codec_mod, "Encoder", lambda: Encoder(chunk=7))  # many small chunks
+    codec.hyper_tile = 2
+    assert codec.encode(rgb8) == whole  # chunked symbols + tiled h_s: the same bytes
+
+
+def test_integer_margin_of_a_hyperprior_h_s(exports: dict[str, Path]) -> None:
+    from compressor.runtime import tiles
+
+    codec = load_codec(exports["bmshj2018-hyperprior"], threads=1)
+    assert codec.integer is not None
+    # deconv k5 s2 p2 (2 / 2 z) + deconv k5 s2 p2 (2 / 4) + conv k3 p1 (1 / 4): 1.75 -> 2, +1
+    assert tiles.integer_margin(codec.integer.layers) == 3
+    with pytest.raises(ValueError, match="chunk"):
+        Encoder(chunk=0)
