@@ -10,8 +10,10 @@ does not count against max_trials.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,12 +83,15 @@ def open_study(sp: SearchPlan, work: Path) -> Any:
     storage = optuna.storages.RDBStorage(f"sqlite:///{work / 'search.db'}")
     # constraints reach the samplers through Trial.set_constraint (_tell): Optuna 5's way
     sampler: Any
-    if sp.spec.multi_objective:
+    directions: list[Any] = ["minimize"] * (3 if sp.spec.multi_objective else 1)
+    if sp.spec.sampler == "brute-force":
+        # Optuna's BruteForceSampler calls study.stop() after the last combination, which
+        # raises outside study.optimize: the grid is enqueued instead (_enqueue_next)
+        sampler = optuna.samplers.RandomSampler(seed=sp.spec.seed)
+    elif sp.spec.multi_objective:
         sampler = optuna.samplers.NSGAIISampler(seed=sp.spec.seed)
-        directions: list[Any] = ["minimize"] * 3
     else:
         sampler = optuna.samplers.TPESampler(seed=sp.spec.seed)
-        directions = ["minimize"]
     study = optuna.create_study(
         study_name=STUDY,
         storage=storage,
@@ -146,6 +151,8 @@ def _study(sp: SearchPlan, folder: RunFolder, reporter: Reporter) -> list[TrialR
         if deadline is not None and time.monotonic() > deadline:
             log.info("search: max_minutes reached after %d trials", ran)
             break
+        if sp.spec.sampler == "brute-force" and not _enqueue_next(study, sp.spec):
+            break  # every combination measured
         trial = study.ask()
         values = suggest(trial, sp.spec)
         raw = trial_raw(sp.raw, values, sp.spec, sp.images)
@@ -178,6 +185,34 @@ def _study(sp: SearchPlan, folder: RunFolder, reporter: Reporter) -> list[TrialR
             break  # every parameter set measured: nothing left to learn
     reporter.finish()
     return _records(study, TrialState)
+
+
+def grid(spec: SearchSpec) -> list[dict[str, Any]]:
+    """Every combination of a finite space as Optuna parameters, in a seeded order."""
+    axes: list[list[tuple[str, Any]]] = []
+    for path, choices in spec.space.items():
+        if isinstance(choices, Range):
+            step = choices.step or 1
+            count = int(choices.size())
+            values: list[Any] = [choices.low + i * step for i in range(count)]
+            axes.append([(path, int(v) if choices.integer else v) for v in values])
+        elif all(isinstance(c, bool | int | float | str) or c is None for c in choices):
+            axes.append([(path, c) for c in choices])
+        else:
+            axes.append([(f"{path}#", i) for i in range(len(choices))])
+    combos = [dict(c) for c in itertools.product(*axes)]
+    random.Random(spec.seed).shuffle(combos)
+    return combos
+
+
+def _enqueue_next(study: Any, spec: SearchSpec) -> bool:
+    """Queue the first combination no trial has asked for yet; False when none is left."""
+    asked = [t.system_attrs.get("fixed_params", t.params) for t in study.get_trials(deepcopy=False)]
+    for params in grid(spec):
+        if params not in asked:
+            study.enqueue_trial(params)
+            return True
+    return False
 
 
 def _invalid(raw: dict[str, Any]) -> str | None:

@@ -73,6 +73,11 @@ def plan_search(
         )
     if isinstance(recipe.model, list) or any(c in str(recipe.model) for c in "*?["):
         raise RecipeError(f"{source}: searching a family is not supported yet; search one model")
+    if spec.sampler == "brute-force" and spec.space_size() == float("inf"):
+        raise RecipeError(
+            f"{source}: search.sampler brute-force needs a finite space: choice lists, "
+            "integer ranges or ranges with a step"
+        )
     if spec.screen is not None and not any(name == "finetune" for name, _ in recipe.steps):
         raise RecipeError(
             f"{source}: search.screen runs trials one-shot before their fine-tuning, but the "

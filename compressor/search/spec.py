@@ -49,18 +49,15 @@ class Range(BaseModel):
 
     def ends(self) -> list[float | int]:
         """The values checked at plan time: the two ends (every value lies between them)."""
-        if self.integer:
-            return [int(self.low), int(self.high)]
+        last = self.high
         if self.step is not None:  # the last grid point, not `high`, is the largest value
-            return [self.low, self.low + math.floor((self.high - self.low) / self.step) * self.step]
-        return [self.low, self.high]
+            last = self.low + math.floor((self.high - self.low) / self.step) * self.step
+        return [int(self.low), int(last)] if self.integer else [self.low, last]
 
     def size(self) -> float:
         """How many distinct values it holds (inf for a continuous range)."""
-        if self.integer:
-            return int(self.high) - int(self.low) + 1
-        if self.step is not None:
-            return math.floor((self.high - self.low) / self.step) + 1
+        if self.integer or self.step is not None:
+            return math.floor((self.high - self.low) / (self.step or 1)) + 1
         return math.inf
 
 
@@ -86,6 +83,11 @@ class SearchSpec(BaseModel):
     )
     constraints: dict[str, float] | None = Field(
         None, description="validate gates (name -> limit); default: the validate step's gates"
+    )
+    sampler: Literal["auto", "brute-force"] = Field(
+        "auto",
+        description="auto: seeded TPE (one objective) or NSGA-II (multi_objective); "
+        "brute-force: every combination of a finite space, in a seeded order",
     )
     max_trials: int = Field(20, ge=1, le=10_000, description="trials that run (not cache hits)")
     max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of the search")

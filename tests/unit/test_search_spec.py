@@ -74,3 +74,25 @@ def test_bad_search_blocks_are_recipe_errors_naming_the_field(block: object, nee
 def test_space_size_multiplies_choices_and_ranges() -> None:
     spec = parse_spec({"space": {"a": [1, 2, 3], "b": {"low": 1, "high": 4, "integer": True}}}, "r")
     assert spec.space_size() == 12
+
+
+def test_brute_force_grid_holds_every_combination_once_in_a_seeded_order() -> None:
+    from compressor.search.engine import grid
+
+    spec = parse_spec(
+        {
+            "space": {
+                "steps.quantize.keep_float": [[], ["first"]],
+                "steps.finetune.max_steps": {"low": 10, "high": 30, "step": 10, "integer": True},
+            },
+            "sampler": "brute-force",
+        },
+        "r",
+    )
+    combos = grid(spec)
+    assert len(combos) == 6 == spec.space_size()
+    assert {(c["steps.quantize.keep_float#"], c["steps.finetune.max_steps"]) for c in combos} == {
+        (i, n) for i in (0, 1) for n in (10, 20, 30)
+    }
+    assert combos == grid(spec)  # the seed fixes the order
+    assert combos != grid(spec.model_copy(update={"seed": 1}))
