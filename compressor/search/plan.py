@@ -103,8 +103,13 @@ def plan_search(
 SPEC_FILE = "search-spec.sha256"
 
 
+#: search settings a resumed search may change: budgets and how the result is picked
+RESUMABLE = {"max_trials", "max_minutes", "final_check", "tie_tolerance"}
+
+
 def spec_hash(sp: SearchPlan) -> str:
-    body = {"spec": sp.spec.model_dump(mode="json"), "recipe": sp.raw}
+    """What the study's trials depend on (a larger budget may continue the same study)."""
+    body = {"spec": sp.spec.model_dump(mode="json", exclude=RESUMABLE), "recipe": sp.raw}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 

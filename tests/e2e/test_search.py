@@ -178,6 +178,12 @@ def test_a_killed_search_resumes_without_repeating_a_trial(tiny_ckpt: Path, tmp_
     runs = [json.loads(p.read_text()) for p in out.glob("cache/*.json")]
     assert sorted(e["folder"] for e in runs) == sorted(row["folder"] for row in rows)
     assert json.loads((out / "search.json").read_text())["trials"] == 4
+    # a larger budget continues the same study: one more trial, none of the four again
+    more = search(str(r), "--output", str(out), "--resume", "--max-trials", "5")
+    assert more.exit_code == 0, more.output
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 5 and len({(row["folder"]) for row in rows}) == 5
+    assert first.stat().st_mtime_ns == kept
     # resuming with another space would mix two searches in one study: refused at plan time
     changed = yaml.safe_load(r.read_text())
     changed["search"]["space"]["steps.prune.importance"] = ["l1", "random"]
