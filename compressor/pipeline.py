@@ -194,18 +194,9 @@ def run(p: Plan, reporter: Reporter | None = None) -> RunResult:
     """Run the plan's steps in its run folder (see compressor.runfolder for the rules)."""
     folder = RunFolder.open(p.run_dir, p.mode, p.recipe.name)
     reporter = reporter or NullReporter()
-    try:
-        with torch_threads(p.threads):
-            if p.members:
-                result = _run_family(p, folder, reporter)
-            else:
-                result = _run_steps(p, folder, reporter)
-    except KeyboardInterrupt:
-        folder.abandon("interrupted", "interrupted by the user")
-        raise
-    except BaseException as e:
-        folder.abandon("failed", f"{type(e).__name__}: {e}"[:500])
-        raise
+    run_all = _run_family if p.members else _run_steps
+    with folder.guarded(), torch_threads(p.threads):
+        result = run_all(p, folder, reporter)
     work = folder.work
     folder.finish("complete" if result.passed else "gate-failed")
     return _relocated(result, work, p.run_dir)

@@ -12,11 +12,13 @@ fails). A folder without the mark is refused, never emptied.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,18 @@ class RunFolder:
         os.replace(self.work, self.final)
         shutil.rmtree(trash, ignore_errors=True)
         self.work = self.final
+
+    @contextlib.contextmanager
+    def guarded(self) -> Iterator[RunFolder]:
+        """Whatever stops the run early is recorded (interrupted / failed) before it goes on."""
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.abandon("interrupted", "interrupted by the user")
+            raise
+        except BaseException as e:
+            self.abandon("failed", f"{type(e).__name__}: {e}"[:500])
+            raise
 
     def abandon(self, status: str, error: str) -> None:
         """The run stopped early: a replacing run is dropped (the old run stays untouched);

@@ -123,15 +123,19 @@ class OrtCodec:
             "loaded %s codec %s (%s, %s threads)", self.kind, self.folder, self.provider, threads
         )
 
-    # -- public API (the Codec protocol) --------------------------------------------------
-    def encode(self, rgb8: np.ndarray) -> bytes:
+    def _checked_input(self, rgb8: np.ndarray) -> tuple[np.ndarray, int, int, Any]:
+        """(rgb8, h, w, padding) of an image this format can hold; DataError if not."""
         rgb8 = image.check_rgb8(rgb8)
         h, w = rgb8.shape[:2]
         try:
             container.check_size(h, w)
         except BitstreamError as e:
             raise DataError(str(e)) from None
-        pad = image.padding(h, w, self.pad_multiple)
+        return rgb8, h, w, image.padding(h, w, self.pad_multiple)
+
+    # -- public API (the Codec protocol) --------------------------------------------------
+    def encode(self, rgb8: np.ndarray) -> bytes:
+        rgb8, h, w, pad = self._checked_input(rgb8)
         y = self._analyze(rgb8, pad, self.tile)
         tag = self.hyper_tag if self.version == container.TAGGED_VERSION else 0
         header = container.Header(self.model_id, h, w, pad, self.version, tag)

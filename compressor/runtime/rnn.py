@@ -25,7 +25,6 @@ from compressor.errors import (
     BitstreamError,
     CheckpointError,
     CompressorError,
-    DataError,
     RecipeError,
 )
 from compressor.runtime import container, image
@@ -96,13 +95,7 @@ class RnnOrtCodec(OrtCodec):
 
     # -- the Codec protocol ----------------------------------------------------------------
     def encode(self, rgb8: np.ndarray) -> bytes:
-        rgb8 = image.check_rgb8(rgb8)
-        h, w = rgb8.shape[:2]
-        try:
-            container.check_size(h, w)
-        except BitstreamError as e:
-            raise DataError(str(e)) from None
-        pad = image.padding(h, w, self.pad_multiple)
+        rgb8, h, w, pad = self._checked_input(rgb8)
         codes = self.encode_codes(image.to_input(rgb8, pad))
         return container.pack(container.Header(self.model_id, h, w, pad), pack_codes(codes))
 

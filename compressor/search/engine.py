@@ -62,15 +62,9 @@ def run_search(sp: SearchPlan, reporter: Reporter | None = None) -> SearchResult
 
     folder = RunFolder.open(sp.run_dir, sp.mode, sp.recipe.name)
     reporter = reporter or NullReporter()
-    try:
+    with folder.guarded():
         records = _study(sp, folder, reporter)
         result = finish(sp, folder.work, records, reporter)
-    except KeyboardInterrupt:
-        folder.abandon("interrupted", "interrupted by the user")
-        raise
-    except BaseException as e:
-        folder.abandon("failed", f"{type(e).__name__}: {e}"[:500])
-        raise
     folder.finish("complete" if result.goal_met else "gate-failed")
     result.run_dir = sp.run_dir
     return result

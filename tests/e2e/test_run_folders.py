@@ -4,10 +4,8 @@ asked, a complete run survives a failing one, --resume continues a killed run, C
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from compressor.cli import main
-from tests.conftest import REPO, write_images
+from tests.conftest import cli_process, write_images
 
 
 def recipe(tmp_path: Path, model: Path, steps: list, name: str = "r", **extra: object) -> Path:
@@ -145,18 +143,6 @@ def test_a_failed_run_says_so(tiny_ckpt: Path, tmp_path: Path) -> None:
     assert mark["status"] == "failed" and "CheckpointError" in mark["error"]
 
 
-def _cli(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "cli.py"), *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _wait_for(path_glob: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not list(path_glob.parent.glob(path_glob.name)):
@@ -187,7 +173,7 @@ def test_resume_after_sigkill_in_step_3_reruns_only_step_3_on(
     tiny_ckpt: Path, tmp_path: Path
 ) -> None:
     r, out = killable_recipe(tiny_ckpt, tmp_path), tmp_path / "run"
-    proc = _cli("run", str(r), "--output", str(out))
+    proc = cli_process("run", str(r), "--output", str(out))
     _wait_for(out / ".03_finetune.*.partial", proc)
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
@@ -196,7 +182,7 @@ def test_resume_after_sigkill_in_step_3_reruns_only_step_3_on(
     kept = {
         d: (out / d / "manifest.json").stat().st_mtime_ns for d in ("01_evaluate", "02_evaluate")
     }
-    again = _cli("run", str(r), "--output", str(out), "--resume")
+    again = cli_process("run", str(r), "--output", str(out), "--resume")
     stdout, stderr = again.communicate(timeout=600)
     assert again.returncode == 0, stderr
     assert "kept 2 step(s)" in stdout
@@ -210,7 +196,7 @@ def test_resume_after_sigkill_in_step_3_reruns_only_step_3_on(
 
 def test_ctrl_c_exits_130_and_the_run_says_interrupted(tiny_ckpt: Path, tmp_path: Path) -> None:
     r, out = killable_recipe(tiny_ckpt, tmp_path), tmp_path / "run"
-    proc = _cli("run", str(r), "--output", str(out))
+    proc = cli_process("run", str(r), "--output", str(out))
     _wait_for(out / ".03_finetune.*.partial", proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)

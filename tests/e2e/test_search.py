@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ import yaml
 from click.testing import CliRunner
 
 from compressor.cli import main
-from tests.conftest import REPO, write_images
+from tests.conftest import REPO, cli_process, write_images
 
 PRUNE = {"ratio": {"encoder": 0.25}, "round_to": 1, "report_size": [64, 64]}
 
@@ -135,18 +132,6 @@ def test_bad_search_spaces_are_one_line_errors_before_any_work(
     assert not out.exists()
 
 
-def _cli(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, str(REPO / "cli.py"), *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_a_killed_search_resumes_without_repeating_a_trial(tiny_ckpt: Path, tmp_path: Path) -> None:
     block = {
         "space": SPACE,
@@ -155,7 +140,7 @@ def test_a_killed_search_resumes_without_repeating_a_trial(tiny_ckpt: Path, tmp_
         "final_check": False,
     }
     r, out = search_recipe(tmp_path, tiny_ckpt, block), tmp_path / "search"
-    proc = _cli("search", str(r), "--output", str(out))
+    proc = cli_process("search", str(r), "--output", str(out))
     try:
         deadline = time.monotonic() + 300
         while not (out / "trials" / "0001").exists():  # trial 0 finished, trial 1 under way
@@ -167,7 +152,7 @@ def test_a_killed_search_resumes_without_repeating_a_trial(tiny_ckpt: Path, tmp_
         proc.wait()
     first = out / "trials" / "0000" / "02_validate" / "manifest.json"
     kept = first.stat().st_mtime_ns
-    again = _cli("search", str(r), "--output", str(out), "--resume")
+    again = cli_process("search", str(r), "--output", str(out), "--resume")
     _, stderr = again.communicate(timeout=600)
     assert again.returncode == 0, stderr
     assert first.stat().st_mtime_ns == kept  # the finished trial was not run again
