@@ -182,15 +182,7 @@ class OrtCodec:
         With the integer hyper path (format 3) all of it is exact, so it is what golden
         bitstreams and the bit-exactness matrix compare across machines and sessions.
         """
-        header, payload = container.unpack(data)
-        self.check_version(header.version)
-        self.check_model(header.model_id)
-        container.check_pixels(header.height, header.width, max_pixels)
-        if header.pad != image.padding(header.height, header.width, self.pad_multiple):
-            raise BitstreamError(
-                f"bitstream is corrupt (padding {header.pad} does not fit image size "
-                f"{header.height}x{header.width} and multiple {self.pad_multiple})"
-            )
+        header, payload = self._checked_header(data, max_pixels)
         y_shape = self._latent_shape("y", header.padded)
         dec = Decoder(payload, check=header.version >= 2)
         symbols: dict[str, np.ndarray] = {}
@@ -211,6 +203,20 @@ class OrtCodec:
             y_hat = y_sym if means is None else y_sym + means
         dec.finish()
         return header, symbols, y_hat.astype(np.float32)
+
+    def _checked_header(self, data: bytes, max_pixels: int) -> tuple[container.Header, bytes]:
+        """(header, payload) of a file this export may decode: CRC, format, model, size and
+        padding checked before any payload byte is trusted."""
+        header, payload = container.unpack(data)
+        self.check_version(header.version)
+        self.check_model(header.model_id)
+        container.check_pixels(header.height, header.width, max_pixels)
+        if header.pad != image.padding(header.height, header.width, self.pad_multiple):
+            raise BitstreamError(
+                f"bitstream is corrupt (padding {header.pad} does not fit image size "
+                f"{header.height}x{header.width} and multiple {self.pad_multiple})"
+            )
+        return header, payload
 
     def check_version(self, version: int) -> None:
         """A format-3 file needs the integer hyper path; formats 1-2 run the float h_s, which

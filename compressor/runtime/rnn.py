@@ -93,6 +93,9 @@ class RnnOrtCodec(OrtCodec):
         #: calibration taps: every feed of every step graph while encoding (compressor.quant)
         self.record: dict[str, list[dict[str, np.ndarray]]] | None = None
 
+    def check_version(self, version: int) -> None:
+        """Every format's payload is the packed codes: rnn has no hyper-decoder to choose."""
+
     # -- the Codec protocol ----------------------------------------------------------------
     def encode(self, rgb8: np.ndarray) -> bytes:
         rgb8, h, w, pad = self._checked_input(rgb8)
@@ -109,14 +112,7 @@ class RnnOrtCodec(OrtCodec):
         """The image of a file; BitstreamError if it is corrupt or declares over max_pixels.
         `tile` is accepted for OrtCodec's signature and ignored: every decoder state spans
         the whole image, so the step loop runs on it in one piece."""
-        header, payload = container.unpack(data)
-        self.check_model(header.model_id)
-        container.check_pixels(header.height, header.width, max_pixels)
-        if header.pad != image.padding(header.height, header.width, self.pad_multiple):
-            raise BitstreamError(
-                f"bitstream is corrupt (padding {header.pad} does not fit image size "
-                f"{header.height}x{header.width} and multiple {self.pad_multiple})"
-            )
+        header, payload = self._checked_header(data, max_pixels)
         codes = unpack_codes(payload, self.bits)
         ph, pw = header.padded
         if codes.shape[2:] != (ph // CODE_STRIDE, pw // CODE_STRIDE):
