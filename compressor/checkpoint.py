@@ -43,6 +43,9 @@ MAX_PARAMETERS = 2**28
 MAX_QUANTILE_SPREAD = 1024
 MAX_QUANTILE_TOTAL = 2**18
 
+#: largest change (share of the tensor's range) a float16-stored tensor may take
+HALF_TOLERANCE = 1e-3
+
 T = TypeVar("T")
 
 
@@ -316,19 +319,41 @@ def load(path: Path, arch: str | None = None, models: Registry[Any] = MODELS) ->
     return model.eval()
 
 
-def to_dict(model: CodecAdapter, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def to_dict(
+    model: CodecAdapter, meta: dict[str, Any] | None = None, half: bool = False
+) -> dict[str, Any]:
+    """The file's fields; `half` stores float32 tensors as float16 (half the size).
+
+    A half checkpoint loads like any other: load_state_dict casts back to float32, and
+    `finalize` rebuilds the entropy tables from the rounded weights, so encoder and decoder
+    always agree; only the weights' rounding (measured per model) changes the results."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: _half(v) for k, v in state.items()}
     return {
         "format": FORMAT,
         "arch": model.arch,
         "config": dict(model.config),
-        "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "state_dict": state,
         "meta": dict(meta or getattr(model, "meta", {}) or {}),
     }
 
 
-def save(model: CodecAdapter, path: Path, meta: dict[str, Any] | None = None) -> Path:
+def _half(t: torch.Tensor) -> torch.Tensor:
+    """float16 where it keeps the tensor to 1e-3 of its range; constants such as GDN's
+    pedestal (1.5e-11) or the likelihood bound (1e-9) would flush to zero, so they stay."""
+    if t.dtype != torch.float32 or not t.numel():
+        return t
+    h = t.half()
+    err = (t - h.float()).abs().max() / t.abs().max().clamp_min(torch.finfo(torch.float32).tiny)
+    return h if float(err) <= HALF_TOLERANCE else t
+
+
+def save(
+    model: CodecAdapter, path: Path, meta: dict[str, Any] | None = None, half: bool = False
+) -> Path:
     path = Path(path)
     with atomic_file(path) as tmp:
-        torch.save(to_dict(model, meta), tmp)
+        torch.save(to_dict(model, meta, half), tmp)
     log.info("saved %s checkpoint to %s", model.arch, path)
     return path

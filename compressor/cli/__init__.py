@@ -30,6 +30,7 @@ COMMANDS = {
     "quantize": "compressor.cli.quantize:quantize",
     "distill": "compressor.cli.distill:distill",
     "export": "compressor.cli.deploy:export",
+    "pack": "compressor.cli.pack:pack",
     "search": "compressor.cli.search:search",
     "encode": "compressor.runtime.cli:encode",
     "decode": "compressor.runtime.cli:decode",

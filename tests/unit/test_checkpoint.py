@@ -82,3 +82,31 @@ def test_unknown_arch_names_the_allowed_ones(tmp_path: Path) -> None:
         Exception, match=r"unknown model arch 'resnet'; allowed: .*bmshj2018-hyperprior"
     ):
         checkpoint.load(tmp_path / "m.pt", "resnet")
+
+
+def test_half_precision_storage_loads_close_and_keeps_tiny_constants(tmp_path: Path) -> None:
+    model = tiny_model()
+    checkpoint.save(model, tmp_path / "full.pt")
+    checkpoint.save(model, tmp_path / "half.pt", half=True)
+    stored = torch.load(tmp_path / "half.pt", weights_only=True)["state_dict"]
+    assert stored["g_a.0.weight"].dtype == torch.float16
+    # GDN's pedestal (~1.5e-11) flushes to 0 in float16: it must stay float32 and exact
+    pedestal = "g_a.1.beta_reparam.pedestal"
+    assert stored[pedestal].dtype == torch.float32
+    assert torch.equal(stored[pedestal], model.state_dict()[pedestal])
+    loaded = checkpoint.load(tmp_path / "half.pt")
+    for name, full in model.state_dict().items():
+        got = loaded.state_dict()[name]
+        assert got.dtype == full.dtype, name
+        if full.is_floating_point() and full.numel():
+            assert float((got - full).abs().max()) <= 1e-3 * float(full.abs().max()), name
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = model.decompress(model.compress(x)), loaded.decompress(loaded.compress(x))
+    assert float((a - b).abs().max()) < 1e-2
+    # the float weights take half the bytes (a tiny model's file is mostly int32 CDF tables)
+    float_bytes = [
+        sum(t.numel() * t.element_size() for t in sd.values() if t.is_floating_point())
+        for sd in (model.state_dict(), stored)
+    ]
+    assert float_bytes[1] < 0.51 * float_bytes[0]
