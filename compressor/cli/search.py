@@ -18,10 +18,23 @@ from compressor.cli.common import handle_errors, resume_options
     help="Search folder [default: exported/<name>-search].",
 )
 @click.option("--max-trials", type=int, default=None, help="Override search.max_trials.")
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="auto|HOST:PORT",
+    default=None,
+    help="Run the trials on a Ray cluster (auto: this machine's, else a new local one; "
+    "HOST:PORT: the head's). Timed steps still run here, one trial at a time.",
+)
 @resume_options
 @handle_errors
 def search(
-    recipe: Path, output: Path | None, max_trials: int | None, resume: bool, overwrite: bool
+    recipe: Path,
+    output: Path | None,
+    max_trials: int | None,
+    ray_address: str | None,
+    resume: bool,
+    overwrite: bool,
 ) -> None:
     """Search the recipe's `search.space` for the fastest codec that meets its constraints.
 
@@ -29,6 +42,8 @@ def search(
     data.eval); the chosen one is then run on data.eval in <search>/final/. Writes
     trials.csv, pareto.json, pareto.png, best.yaml (`cli.py run best.yaml` reproduces it)
     and search.json. --resume continues a killed search without repeating a finished trial.
+    --ray: each trial's untimed steps run as Ray tasks (one CPU each); the search folder,
+    model and images must be at the same paths on every node.
     Exit 1 when no trial met the constraints (the best effort is still reported)."""
     from compressor.errors import GateFailed
     from compressor.rich_ui import RichReporter, table
@@ -38,7 +53,7 @@ def search(
     plan = load_search(recipe, output, resume=resume, overwrite=overwrite)
     if max_trials is not None:
         plan.spec = plan.spec.model_copy(update={"max_trials": max(1, max_trials)})
-    result = run_search(plan, RichReporter())
+    result = run_search(plan, RichReporter(), ray=ray_address)
     rows = [
         [
             str(r.number),

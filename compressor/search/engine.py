@@ -10,6 +10,7 @@ does not count against max_trials.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -17,7 +18,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from compressor.errors import RecipeError
 from compressor.fsutil import write_text
@@ -56,15 +57,27 @@ class SearchResult:
     final: dict[str, Any] = field(default_factory=dict)
 
 
-def run_search(sp: SearchPlan, reporter: Reporter | None = None) -> SearchResult:
-    """Run the search in its run folder (compressor.runfolder's rules), write the report."""
+def run_search(
+    sp: SearchPlan, reporter: Reporter | None = None, ray: str | None = None
+) -> SearchResult:
+    """Run the search in its run folder (compressor.runfolder's rules), write the report.
+
+    `ray` (None: in-process) is a Ray cluster's address or "auto": the trials' untimed
+    steps run there as Ray tasks, their timing here (compressor.search.ray_trials); the
+    cluster is reached before the run folder is touched, so a dead address changes nothing."""
     from compressor.search.report import finish
 
-    folder = RunFolder.open(sp.run_dir, sp.mode, sp.recipe.name)
     reporter = reporter or NullReporter()
-    with folder.guarded():
-        records = _study(sp, folder, reporter)
-        result = finish(sp, folder.work, records, reporter)
+    with contextlib.ExitStack() as stack:
+        runner: Runner | None = None
+        if ray is not None:
+            from compressor.search.ray_trials import RayTrials, connect
+
+            runner = RayTrials(sp, reporter, stack.enter_context(connect(ray)))
+        folder = RunFolder.open(sp.run_dir, sp.mode, sp.recipe.name)
+        with folder.guarded():
+            records = _study(sp, folder, reporter, runner)
+            result = finish(sp, folder.work, records, reporter)
     folder.finish("complete" if result.goal_met else "gate-failed")
     result.run_dir = sp.run_dir
     return result
@@ -129,9 +142,47 @@ def _suggest_range(trial: Any, path: str, r: Range) -> float | int:
     return float(trial.suggest_float(path, r.low, r.high, step=r.step, log=r.log))
 
 
-def _study(sp: SearchPlan, folder: RunFolder, reporter: Reporter) -> list[TrialRecord]:
+@dataclass
+class Pending:
+    """A trial asked for and due to run: its recipe, folder (relative) and cache key."""
+
+    trial: Any
+    raw: dict[str, Any]
+    rel: str
+    key: str
+    values: dict[str, Any]
+
+
+class Runner(Protocol):
+    """Runs a batch of trials to their outcomes, in the batch's order."""
+
+    width: int
+
+    def run(self, batch: list[Pending], work: Path) -> list[Outcome]: ...
+
+
+class InProcess:
+    """The embedded default: one trial at a time in this process."""
+
+    width = 1
+
+    def __init__(self, sp: SearchPlan, reporter: Reporter) -> None:
+        self.sp, self.reporter = sp, reporter
+
+    def run(self, batch: list[Pending], work: Path) -> list[Outcome]:
+        return [_screened_run(p.raw, work, p.rel, self.sp, self.reporter) for p in batch]
+
+
+def _study(
+    sp: SearchPlan, folder: RunFolder, reporter: Reporter, runner: Runner | None = None
+) -> list[TrialRecord]:
+    """Ask up to runner.width new trials, run them (in-process: one; on Ray: in parallel),
+    tell their outcomes in trial-number order, ask again. Cache hits and invalid
+    combinations are told as they are asked; a proposal repeating a trial of the same batch
+    waits for that trial's outcome (in-process it would have been a cache hit)."""
     from optuna.trial import TrialState
 
+    runner = runner or InProcess(sp, reporter)
     work = folder.work
     study = open_study(sp, work)
     _recover(study)
@@ -139,46 +190,82 @@ def _study(sp: SearchPlan, folder: RunFolder, reporter: Reporter) -> list[TrialR
     sources = [s for s in (sp.images, sp.recipe.data.train, sp.recipe.data.calibration) if s]
     deadline = time.monotonic() + sp.spec.max_minutes * 60 if sp.spec.max_minutes else None
     ran = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("counted"))
-    repeats = 0
+    state = {"repeats": 0, "done": False}
     reporter.start("searching", sp.spec.max_trials)
-    while ran < sp.spec.max_trials and repeats < MAX_REPEATS:
-        if deadline is not None and time.monotonic() > deadline:
-            log.info("search: max_minutes reached after %d trials", ran)
-            break
-        if sp.spec.sampler == "brute-force" and not _enqueue_next(study, sp.spec):
-            break  # every combination measured
-        trial = study.ask()
-        values = suggest(trial, sp.spec)
-        raw = trial_raw(sp.raw, values, sp.spec, sp.images)
-        raw["name"] = f"{sp.recipe.name}-trial"
-        key = cache_key(raw, sp.model, sources)
-        entry = cache.get(key)
-        trial.set_user_attr("values", values)
-        # folders are relative to the search folder: a replacing search works in a staging
-        # folder that is renamed at the end
-        rel = str(entry["folder"]) if entry else f"trials/{trial.number:04d}"
-        trial.set_user_attr("folder", rel)
-        if entry is not None and entry.get("outcome") is not None:
-            outcome, repeats = Outcome.from_json(entry["outcome"]), repeats + 1
-            trial.set_user_attr("cached", True)
-        elif (invalid := _invalid(raw)) is not None:  # choices valid alone, not together
-            outcome, repeats = Outcome(error=invalid), repeats + 1
-            cache.put(key, {"folder": rel, "values": values, "outcome": outcome.to_json()})
-        else:
-            repeats = 0
-            cache.put(key, {"folder": rel, "values": values, "outcome": None})
-            folder.steps.append(rel)
-            folder.mark("running")
-            outcome = _screened_run(raw, work, rel, sp, reporter)
-            cache.put(key, {"folder": rel, "values": values, "outcome": outcome.to_json()})
-            trial.set_user_attr("counted", True)
+    while not state["done"] and ran < sp.spec.max_trials and state["repeats"] < MAX_REPEATS:
+        batch: list[Pending] = []
+        held: list[tuple[Any, str]] = []
+        while len(batch) < min(runner.width, sp.spec.max_trials - ran):
+            if state["repeats"] >= MAX_REPEATS:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                log.info("search: max_minutes reached after %d trials", ran + len(batch))
+                state["done"] = True
+                break
+            if sp.spec.sampler == "brute-force" and not _enqueue_next(study, sp.spec):
+                state["done"] = True  # every combination measured
+                break
+            _ask(study, sp, cache, sources, folder, batch, held, state)
+            if sp.spec.space_size() <= _distinct(study):
+                state["done"] = True  # every parameter set measured: nothing left to learn
+                break
+        for pending, outcome in zip(batch, runner.run(batch, work), strict=True):
+            entry = {"folder": pending.rel, "values": pending.values}
+            cache.put(pending.key, {**entry, "outcome": outcome.to_json()})
+            pending.trial.set_user_attr("counted", True)
             ran += 1
-            reporter.advance(1, trial=trial.number)
-        _tell(study, trial, outcome, sp.spec)
-        if sp.spec.space_size() <= _distinct(study):
-            break  # every parameter set measured: nothing left to learn
+            reporter.advance(1, trial=pending.trial.number)
+            _tell(study, pending.trial, outcome, sp.spec)
+        for trial, key in held:
+            _tell(study, trial, Outcome.from_json((cache.get(key) or {})["outcome"]), sp.spec)
     reporter.finish()
     return _records(study, TrialState)
+
+
+def _ask(
+    study: Any,
+    sp: SearchPlan,
+    cache: Cache,
+    sources: list[str],
+    folder: RunFolder,
+    batch: list[Pending],
+    held: list[tuple[Any, str]],
+    state: dict[str, Any],
+) -> None:
+    """Ask one trial: answered now (cache, invalid), held (repeats one in `batch`) or
+    added to `batch` to run."""
+    trial = study.ask()
+    values = suggest(trial, sp.spec)
+    raw = trial_raw(sp.raw, values, sp.spec, sp.images)
+    raw["name"] = f"{sp.recipe.name}-trial"
+    key = cache_key(raw, sp.model, sources)
+    entry = cache.get(key)
+    trial.set_user_attr("values", values)
+    # folders are relative to the search folder: a replacing search works in a staging
+    # folder that is renamed at the end
+    rel = str(entry["folder"]) if entry else f"trials/{trial.number:04d}"
+    trial.set_user_attr("folder", rel)
+    first = next((p for p in batch if p.key == key), None)
+    if first is not None:
+        trial.set_user_attr("folder", first.rel)
+        trial.set_user_attr("cached", True)
+        held.append((trial, key))
+        state["repeats"] += 1
+    elif entry is not None and entry.get("outcome") is not None:
+        trial.set_user_attr("cached", True)
+        state["repeats"] += 1
+        _tell(study, trial, Outcome.from_json(entry["outcome"]), sp.spec)
+    elif (invalid := _invalid(raw)) is not None:  # choices valid alone, not together
+        outcome = Outcome(error=invalid)
+        cache.put(key, {"folder": rel, "values": values, "outcome": outcome.to_json()})
+        state["repeats"] += 1
+        _tell(study, trial, outcome, sp.spec)
+    else:
+        state["repeats"] = 0
+        cache.put(key, {"folder": rel, "values": values, "outcome": None})
+        folder.steps.append(rel)
+        folder.mark("running")
+        batch.append(Pending(trial, raw, rel, key, values))
 
 
 def grid(spec: SearchSpec) -> list[dict[str, Any]]:
@@ -224,15 +311,32 @@ def _screened_run(
     """Cheap first: with search.screen set and fine-tune steps in the recipe, the trial runs
     one-shot (those steps left out) in <rel>-screen first; only a trial whose one-shot PSNR
     drop is within screen.max_psnr_drop_db goes on to the full recipe, fine-tuning included."""
-    screen = sp.spec.screen
+    stages = trial_stages(raw, rel, sp)
+    for i, (stage, target) in enumerate(stages):
+        outcome = run_stage(stage, work / target, sp, reporter)
+        if (final := stage_result(outcome, i, len(stages), sp)) is not None:
+            return final
+    raise AssertionError("the last stage always gives the trial's outcome")
+
+
+def trial_stages(raw: dict[str, Any], rel: str, sp: SearchPlan) -> list[tuple[dict, str]]:
+    """The recipes a trial runs, in order, with their folders: [(one-shot, <rel>-screen),
+    (full, <rel>)] when it is screened, else [(full, <rel>)]."""
     one_shot = without_steps(raw, SCREENED_STEPS)
-    if screen is None or one_shot is None or _invalid(one_shot) is not None:
-        return _run(raw, work / rel, sp, reporter)
-    first = _run(one_shot, work / f"{rel}-screen", sp, reporter)
-    if first.error is not None or screened_out(first, screen.max_psnr_drop_db):
-        first.screened = True
-        return first
-    return _run(raw, work / rel, sp, reporter)
+    if sp.spec.screen is None or one_shot is None or _invalid(one_shot) is not None:
+        return [(raw, rel)]
+    return [(one_shot, f"{rel}-screen"), (raw, rel)]
+
+
+def stage_result(outcome: Outcome, index: int, count: int, sp: SearchPlan) -> Outcome | None:
+    """The trial's outcome after stage `index` of `count`, or None: go on to the next."""
+    if index == count - 1:
+        return outcome
+    assert sp.spec.screen is not None  # only a screened trial has two stages
+    if outcome.error is not None or screened_out(outcome, sp.spec.screen.max_psnr_drop_db):
+        outcome.screened = True
+        return outcome
+    return None
 
 
 def without_steps(raw: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any] | None:
@@ -246,7 +350,7 @@ def screened_out(outcome: Outcome, limit: float) -> bool:
     return loss is None or loss > limit
 
 
-def _run(raw: dict[str, Any], target: Path, sp: SearchPlan, reporter: Reporter) -> Outcome:
+def run_stage(raw: dict[str, Any], target: Path, sp: SearchPlan, reporter: Reporter) -> Outcome:
     """One trial; a failing trial is recorded (one line), never the end of the search."""
     try:
         return run_trial(raw, target, sp.spec.objective, reporter)
