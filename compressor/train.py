@@ -4,6 +4,11 @@ Rate-distortion loss `lambda * 255^2 * MSE + bpp` (CompressAI's RateDistortionLo
 entropy models' aux loss on its own optimizer, Adam, ReduceLROnPlateau on the held-out loss,
 early stopping (patience, min delta), random crops + flips, and a resume file that restores
 the model, both optimizers, the scheduler, the RNG and the step count.
+
+Under torchrun the same loop is data-parallel (compressor.distributed): every rank draws the
+same global batch of `batch_size x world` image indices and crops its own share with its own
+random stream (seed + rank); DistributedDataParallel averages the gradients; rank 0 alone
+evaluates, decides early stopping, writes the checkpoint and the resume file.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from compressor import checkpoint
+from compressor import checkpoint, distributed
 from compressor.data import CropDataset
 from compressor.errors import CheckpointError, DataError
 from compressor.fsutil import atomic_file
@@ -100,8 +105,16 @@ def resume_path(out: Path) -> Path:
 
 
 class _Trainer:
-    def __init__(self, model: CodecAdapter, cfg: TrainConfig, loss_fn: LossFn) -> None:
+    def __init__(
+        self,
+        model: CodecAdapter,
+        cfg: TrainConfig,
+        loss_fn: LossFn,
+        group: distributed.Group | None = None,
+    ) -> None:
         self.model, self.cfg, self.loss_fn = model, cfg, loss_fn
+        self.group = group or distributed.Group()
+        self.forward: distributed.Forward = lambda x: loss_fn(model, x)
         aux_ids = {id(p) for p in model.aux_parameters()}
         main = [p for p in model.net.parameters() if id(p) not in aux_ids and p.requires_grad]
         self.opt = torch.optim.Adam(main, lr=cfg.lr)
@@ -114,6 +127,11 @@ class _Trainer:
         self.best = math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, float]] = []
+
+    def wrap(self) -> None:
+        """Route the training forward through DDP (after any restore: DDP starts from the
+        restored weights and CompressAI's loader may have replaced buffers)."""
+        self.forward = self.group.wrap(self.model, self.loss_fn)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -143,12 +161,18 @@ class _Trainer:
         self.bad_evals, self.best = int(state["bad_evals"]), float(state["best"])
         self.best_state = state["best_state"] or None
         self.history = list(state["history"])
+        ranks = state.get("rank_rng")
+        if self.group.enabled:  # each rank's own crop/noise stream, as before the restart
+            if isinstance(ranks, list) and len(ranks) == self.group.world:
+                torch.set_rng_state(ranks[self.group.rank])
+            else:  # another number of processes than before: fresh, distinct streams
+                torch.manual_seed(self.cfg.seed + self.group.rank + 1000 * self.step)
 
     def train_step(self, batch: torch.Tensor) -> dict[str, float]:
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        loss, logs = self.loss_fn(self.model, batch)
-        loss.backward()
+        loss, logs = self.forward(batch)
+        loss.backward()  # under DDP: gradients averaged over the ranks here
         if self.cfg.clip_max_norm > 0:
             torch.nn.utils.clip_grad_norm_(
                 [p for g in self.opt.param_groups for p in g["params"]], self.cfg.clip_max_norm
@@ -161,6 +185,7 @@ class _Trainer:
             self.aux_opt.step()
             logs["aux"] = aux.item()
         logs.update(self.model.extra_step(batch, self.step))  # e.g. a GAN discriminator
+        self.group.sync_from_main(self.model, only_outside_reducer=True)
         self.step += 1
         return logs
 
@@ -169,7 +194,7 @@ class _Trainer:
         self.model.eval()
         sums: dict[str, float] = {}
         for i in range(len(val)):
-            _, logs = self.loss_fn(self.model, val[i][None])
+            _, logs = self.loss_fn(self.model, val[i][None].to(self.group.device))
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v / len(val)
         return sums
@@ -205,42 +230,28 @@ def train(
     resume: bool = True,
     meta: dict[str, Any] | None = None,
     reporter: Reporter | None = None,
+    allow_oversubscribe: bool = False,
 ) -> TrainResult:
-    """Train `model` in place, save the best held-out checkpoint to `out`, keep a resume file."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    reporter = reporter or NullReporter()
+    """Train `model` in place, save the best held-out checkpoint to `out`, keep a resume file.
+    Under torchrun: data-parallel, and only rank 0 reports and writes."""
+    group = distributed.setup()
+    _set_threads(cfg, group, allow_oversubscribe)
+    torch.manual_seed(cfg.seed + group.rank)
+    reporter = (reporter or NullReporter()) if group.is_main else NullReporter()
     train_imgs, val_imgs = split_images(images, cfg.val_fraction, cfg.seed)
     train_set = CropDataset(train_imgs, cfg.crop, train=True)
     val_crop = min(cfg.val_crop, *(min(a.shape[:2]) for a in val_imgs)) // 64 * 64
     val_set = CropDataset(val_imgs, max(val_crop, 64), train=False)
-    trainer = _Trainer(model, cfg, loss_fn or rd_loss(cfg.lmbda))
+    model.net.to(group.device)
+    group.sync_from_main(model)  # each rank built or loaded its own copy: rank 0's wins
+    trainer = _Trainer(model, cfg, loss_fn or rd_loss(cfg.lmbda), group)
     rpath = resume_path(out)
-    if resume and rpath.exists():
+    if resume and group.from_main(rpath.exists()):
         _restore_resume(trainer, rpath)
         log.info("resumed %s at step %d", rpath, trainer.step)
-    stopped = "max_steps"
-    reporter.start("training", cfg.max_steps)
-    reporter.advance(trainer.step)
-    t0 = time.monotonic() - trainer.elapsed
-    while trainer.step < cfg.max_steps:
-        idx = torch.randint(len(train_set), (cfg.batch_size,), generator=trainer.gen)
-        logs = trainer.train_step(torch.stack([train_set[int(i)] for i in idx]))
-        trainer.elapsed = time.monotonic() - t0
-        reporter.advance(1, loss=logs["loss"], bpp=logs["bpp"], psnr=logs["psnr"])
-        last = trainer.step >= cfg.max_steps
-        over_time = cfg.max_minutes is not None and trainer.elapsed > cfg.max_minutes * 60
-        if trainer.step % cfg.eval_every == 0 or last or over_time:
-            if trainer.after_eval(trainer.evaluate(val_set)):
-                stopped = "early_stopping"
-            _save_resume(trainer, rpath)
-            if stopped == "early_stopping":
-                break
-        if over_time:
-            stopped = "max_minutes"
-            break
-    reporter.finish()
+    trainer.wrap()
+    stopped = _loop(trainer, train_set, val_set, rpath, reporter)
+    model.net.to("cpu")
     if trainer.best_state is not None:
         model.load_state_dict(trainer.best_state)
     model.finalize()
@@ -252,11 +263,69 @@ def train(
             "stopped": stopped,
             "best_val_loss": trainer.best,
             "minutes": round(trainer.elapsed / 60, 2),
+            **({"processes": group.world} if group.enabled else {}),
         },
         "history": trainer.history,
     }
-    checkpoint.save(model, out, {**(meta or {}), **train_meta})
+    if group.is_main:
+        checkpoint.save(model, out, {**(meta or {}), **train_meta})
+    group.barrier()  # no rank returns before the checkpoint exists
     return result
+
+
+def _set_threads(cfg: TrainConfig, group: distributed.Group, allow: bool) -> None:
+    if group.enabled:  # the cores shared out among this machine's ranks
+        option = f"{group.local_world} processes"
+        torch.set_num_threads(
+            distributed.check_cores(group.local_world, cfg.threads, allow, option)
+        )
+    elif cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
+def _loop(
+    trainer: _Trainer, train_set: CropDataset, val_set: CropDataset, rpath: Path, rep: Reporter
+) -> str:
+    """Steps until max_steps, early stopping or the time budget; returns which one."""
+    cfg, group = trainer.cfg, trainer.group
+    rep.start("training", cfg.max_steps)
+    rep.advance(trainer.step)
+    t0 = time.monotonic() - trainer.elapsed
+    stopped = "max_steps"
+    while trainer.step < cfg.max_steps:
+        # one global batch of indices on every rank (the shared generator); each its share
+        idx = torch.randint(len(train_set), (cfg.batch_size * group.world,), generator=trainer.gen)
+        mine = idx[group.rank * cfg.batch_size : (group.rank + 1) * cfg.batch_size]
+        batch = torch.stack([train_set[int(i)] for i in mine]).to(group.device)
+        logs, trainer.elapsed = group.reduce_logs(trainer.train_step(batch), time.monotonic() - t0)
+        rep.advance(1, loss=logs["loss"], bpp=logs["bpp"], psnr=logs["psnr"])
+        last = trainer.step >= cfg.max_steps
+        over_time = cfg.max_minutes is not None and trainer.elapsed > cfg.max_minutes * 60
+        if trainer.step % cfg.eval_every == 0 or last or over_time:
+            if _held_out(trainer, val_set):
+                stopped = "early_stopping"
+            _save_resume(trainer, rpath)
+            if stopped == "early_stopping":
+                break
+        if over_time:
+            stopped = "max_minutes"
+            break
+    rep.finish()
+    return stopped
+
+
+def _held_out(trainer: _Trainer, val_set: CropDataset) -> bool:
+    """Rank 0 evaluates and decides early stopping; every rank records the same evaluation
+    (same LR schedule, best state, history) and obeys rank 0's decision."""
+    group = trainer.group
+    logs, stop = None, False
+    if group.is_main:
+        logs = trainer.evaluate(val_set)
+        stop = trainer.after_eval(logs)
+    logs, stop = group.from_main((logs, stop))
+    if not group.is_main:
+        trainer.after_eval(logs)
+    return bool(stop)
 
 
 RESUME_KEYS = (
@@ -293,25 +362,41 @@ def _resume_problem(state: Any, path: Path) -> str | None:
     return None
 
 
-def _restore_resume(trainer: _Trainer, path: Path) -> None:
-    """Restore `trainer` from a resume file; any mismatch is one CheckpointError naming it."""
+def _read_resume(path: Path) -> dict[str, Any]:
     hint = "delete it or pass --no-resume to start over"
     try:
         state = checkpoint.safe_load(path)
         problem = _resume_problem(state, path)
     except CheckpointError as e:
         raise CheckpointError(f"resume file {path} is unusable ({e}); {hint}") from None
-    if problem is None:
-        try:
-            trainer.restore(state)
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
-            problem = " ".join(str(e).split())[:200] or type(e).__name__
     if problem is not None:
         raise CheckpointError(
             f"resume file {path} does not fit this training run ({problem}); {hint}"
         )
+    return state  # type: ignore[no-any-return]
+
+
+def _restore_resume(trainer: _Trainer, path: Path) -> None:
+    """Restore `trainer` from a resume file; any mismatch is one CheckpointError naming it.
+    Under DDP rank 0 reads it (it wrote it, maybe on another machine) and sends it to all."""
+    state = trainer.group.run_on_main(lambda: _read_resume(path))
+    try:
+        trainer.restore(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        problem = " ".join(str(e).split())[:200] or type(e).__name__
+        raise CheckpointError(
+            f"resume file {path} does not fit this training run ({problem}); "
+            "delete it or pass --no-resume to start over"
+        ) from None
 
 
 def _save_resume(trainer: _Trainer, path: Path) -> None:
+    """Rank 0 writes; the file holds every rank's random stream so a restart goes on alike."""
+    rank_rng = trainer.group.gather(torch.get_rng_state())
+    if not trainer.group.is_main:
+        return
+    state = trainer.state()
+    if rank_rng is not None:
+        state["rank_rng"] = rank_rng
     with atomic_file(path) as tmp:
-        torch.save(trainer.state(), tmp)
+        torch.save(state, tmp)

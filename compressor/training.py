@@ -3,6 +3,8 @@
 `train_model` builds a model of an arch / quality / `N=..,M=..` config (or loads a checkpoint),
 picks lambda and hands the image folder to compressor.train.train, the one training loop;
 `new_model` and `parse_config` are the model-building half, shared with `cli.py distill`.
+With `processes` > 1 it starts torchrun on itself (compressor.distributed.launch) and reads
+the result back from the checkpoint rank 0 wrote.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compressor import checkpoint
+from compressor import checkpoint, distributed
 from compressor.data import load_folder
-from compressor.errors import CheckpointError
+from compressor.errors import CheckpointError, RecipeError
 from compressor.models import MODELS, CodecAdapter
 from compressor.options import parse_pairs
 from compressor.progress import Reporter
@@ -61,7 +63,31 @@ def train_model(
     resume: bool,
     overrides: dict[str, Any],
     reporter: Reporter | None = None,
+    processes: int = 1,
+    allow_oversubscribe: bool = False,
 ) -> TrainResult:
+    if processes > 1 and not distributed.launched():
+        threads = distributed.check_cores(
+            processes, overrides.get("threads"), allow_oversubscribe, "--processes"
+        )
+        spec = {
+            "arch": arch,
+            "quality": quality,
+            "config_text": config_text,
+            "init_path": str(init_path) if init_path else None,
+            "data": str(data),
+            "out": str(out),
+            "resume": resume,
+            "overrides": overrides,
+            "allow_oversubscribe": allow_oversubscribe,
+        }
+        distributed.launch(spec, processes, threads)
+        return result_from_checkpoint(out)
+    if processes > 1 and processes != (local := distributed.setup().local_world):
+        raise RecipeError(
+            f"--processes {processes} under torchrun, which started {local} here: "
+            "leave --processes out under torchrun"
+        )
     if init_path is not None:
         model = checkpoint.load(init_path, arch)
     else:
@@ -71,4 +97,22 @@ def train_model(
     cfg = TrainConfig.model_validate({**({"lmbda": lmbda} if lmbda else {}), **overrides})
     images = load_folder(data, minimum=2)
     meta.update({"quality": quality, "data": str(data)})
-    return train(model, images, cfg, out, resume=resume, meta=meta, reporter=reporter)
+    return train(
+        model,
+        images,
+        cfg,
+        out,
+        resume=resume,
+        meta=meta,
+        reporter=reporter,
+        allow_oversubscribe=allow_oversubscribe,
+    )
+
+
+def result_from_checkpoint(path: Path) -> TrainResult:
+    """The TrainResult of a run that happened in other processes, from its checkpoint."""
+    meta = checkpoint.safe_load(path).get("meta") or {}
+    info = meta.get("train", {})
+    return TrainResult(
+        int(info["steps"]), float(info["best_val_loss"]), str(info["stopped"]), meta["history"]
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,19 @@ from compressor.validate import Gates
     show_default=True,
     help="Continue from OUT.resume.pt when it exists.",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Data-parallel processes (DDP): starts torchrun itself. Under a torchrun you "
+    "started, leave it out.",
+)
+@click.option(
+    "--allow-oversubscribe",
+    is_flag=True,
+    help="Allow processes x threads above this machine's cores.",
+)
 @options_from(TrainConfig)
 @handle_errors
 def train(
@@ -53,9 +67,13 @@ def train(
     data: Path,
     out: Path,
     resume: bool,
+    processes: int,
+    allow_oversubscribe: bool,
     **kwargs: Any,
 ) -> None:
-    """Train a model with the rate-distortion loss (or fine-tune one with --init)."""
+    """Train a model with the rate-distortion loss (or fine-tune one with --init).
+
+    Data-parallel: `--processes N`, or `torchrun --nproc_per_node N cli.py train ...`."""
     from compressor.rich_ui import RichReporter, table
     from compressor.rich_ui import out as stdout
     from compressor.training import train_model
@@ -64,6 +82,8 @@ def train(
     if "threads" in overrides:
         resolve_threads(overrides["threads"], "--threads")
     result = train_model(
+        processes=processes,
+        allow_oversubscribe=allow_oversubscribe,
         arch=arch,
         quality=quality,
         config_text=config_text,
@@ -74,6 +94,8 @@ def train(
         overrides=overrides,
         reporter=RichReporter(),
     )
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 reports
+        return
     rows = [[h["step"], h["loss"], h["bpp"], h["psnr"], h["lr"]] for h in result.history[-10:]]
     stdout.print(
         table(
