@@ -24,6 +24,8 @@ RULES = {
     "last": "the last convolution of the graph (it writes pixels or the latent)",
     "gdn": "the 1x1 convolutions inside (I)GDN, whose input is x*x (a squared dynamic range)",
 }
+#: keep_float_top_k's upper bound (a codec has tens of Convs; more is a typo)
+MAX_TOP_K = 1000
 #: backends this version implements (compressor.quant.QUANTIZERS holds the same names)
 BACKENDS = ("ort-static", "inc-static", "qat")
 #: backends that work on the torch model the export was made from (compressor.quant.torch_src)
@@ -80,6 +82,11 @@ class QuantParams(BaseModel):
         default_factory=list,
         description="rules (first, last, gdn) or COMPONENT:RULE or COMPONENT:NODE_NAME",
     )
+    keep_float_top_k: int = Field(
+        0,
+        description="also keep the k most sensitive Convs in float (the sensitivity ranking "
+        "on the calibration images, over the quantized components; 0: none)",
+    )
     preprocess: bool = Field(True, description="ONNX Runtime's quant_pre_process first")
     sensitivity: bool = Field(False, description="write the per-layer sensitivity table")
     accuracy: Accuracy | None = None
@@ -120,6 +127,16 @@ class QuantParams(BaseModel):
                 )
         return v
 
+    @field_validator("keep_float_top_k")
+    @classmethod
+    def _top_k(cls, v: int) -> int:
+        if not 0 <= v <= MAX_TOP_K:
+            raise ValueError(
+                f"keep_float_top_k is how many of the most sensitive Convs stay float: "
+                f"0 (none) to {MAX_TOP_K}"
+            )
+        return v
+
     @model_validator(mode="after")
     def _backend_options(self) -> QuantParams:
         if self.qat is not None and self.backend != "qat":
@@ -128,6 +145,12 @@ class QuantParams(BaseModel):
             raise ValueError(
                 f"sensitivity and accuracy are searches of backend ort-static; backend "
                 f"{self.backend} does not run them"
+            )
+        if self.backend == "qat" and self.keep_float_top_k:
+            # QAT learns its ranges: a post-training ranking says little about what it keeps
+            raise ValueError(
+                "keep_float_top_k ranks layers by post-training quantization: backends "
+                "ort-static and inc-static; backend qat keeps only keep_float's layers"
             )
         if self.backend == "inc-static" and self.calibration.method == "percentile":
             raise ValueError(

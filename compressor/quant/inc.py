@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.quant import calib, ort_static, overrides, torch_src
+from compressor.quant import calib, ort_static, overrides, sensitivity, torch_src
 from compressor.quant.config import QuantParams
 from compressor.quant.folder import check_source
 from compressor.runtime import manifest as mf
@@ -158,6 +158,10 @@ def run_inc_static(
         trial = calib.Trial(src, crops[-2:], threads)
         inputs = calib.calibration_inputs(trial.codec, cal, params.graphs())
         jobs = ort_static.prepare_jobs(src, params, inputs, work)
+        ranking = None
+        if params.keep_float_top_k:  # ranked by ORT's own per-layer quantization
+            ranking = sensitivity.table(jobs, params, trial, work, manifest.model_id)
+        top_k = sensitivity.keep_top_k(jobs, params, ranking)
         ort_static.quantize_all(jobs, params, work)  # ORT's own ranges: the cache, for the report
         table: dict[str, dict[str, Any]] = {}
         rows: list[dict[str, Any]] = []
@@ -172,7 +176,10 @@ def run_inc_static(
             table[name], graph_rows = graph_overrides(name, job, inc, params)
             rows += graph_rows
         files = overrides.quantize_with(jobs, params, work, table)
-        extra = {"inc": {"observer": ALGOS[params.calibration.method], "inputs": rows}}
+        extra = {
+            "inc": {"observer": ALGOS[params.calibration.method], "inputs": rows},
+            "keep_float_top_k": top_k,
+        }
         return overrides.finish(
             "inc-static", src, src, jobs, files, params, trial, out, extra, len(cal)
         )

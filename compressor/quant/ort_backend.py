@@ -1,10 +1,11 @@
 """The ort-static backend: ONNX Runtime static PTQ (QDQ) of an export folder, any kind.
 
 Calibrate each graph on what it sees while the float export encodes the calibration images,
-quantize, optionally search per-layer sensitivity / accuracy, check a few images, and write a
-new export folder (compressor.quant.folder). The export's kind only decides which graph a
-component names and what a graph's calibration inputs are (compressor.quant.calib); rnn's
-recurrent step graphs go the same way as the CompressAI-shaped ones.
+quantize (keep_float_top_k: the most sensitive layers left float), optionally search
+per-layer sensitivity / accuracy, check a few images, and write a new export folder
+(compressor.quant.folder). The export's kind only decides which graph a component names and
+what a graph's calibration inputs are (compressor.quant.calib); rnn's recurrent step graphs
+go the same way as the CompressAI-shaped ones.
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ def run_ort_static(
         trial = calib.Trial(src, crops[-n_eval:], threads)
         inputs = calib.calibration_inputs(trial.codec, cal, params.graphs(manifest.kind))
         jobs = ort_static.prepare_jobs(src, params, inputs, work, manifest.kind)
-        table = sensitivity.table(jobs, params, trial, work) if params.sensitivity else None
+        ranking = None
+        if params.sensitivity or params.keep_float_top_k:
+            ranking = sensitivity.table(jobs, params, trial, work, manifest.model_id)
+        top_k = sensitivity.keep_top_k(jobs, params, ranking)
         if params.accuracy is not None:
-            files, search = sensitivity.accuracy_aware(jobs, params, trial, work, table)
+            files, search = sensitivity.accuracy_aware(
+                jobs, params, trial, work, ranking, manifest.model_id
+            )
         else:
             files, search = ort_static.quantize_all(jobs, params, work), None
         measured = trial.measure(files)
@@ -52,7 +58,8 @@ def run_ort_static(
             "calibration_images": len(cal),
             "graphs": ort_static.graph_summary(jobs, files),
             "quick_check": {"images": len(trial.images), "reference": trial.reference, **measured},
-            "sensitivity": table,
+            "sensitivity": ranking if params.sensitivity else None,
+            "keep_float_top_k": top_k,
             "accuracy_aware": search,
         }
         report["model_id"] = write_folder(src, manifest, files, out, report, crops[0])

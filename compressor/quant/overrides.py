@@ -121,6 +121,7 @@ def finish(
         "graphs": ort_static.graph_summary(jobs, files),
         "quick_check": {},
         "sensitivity": None,
+        "keep_float_top_k": None,
         "accuracy_aware": None,
         **extra,
     }

@@ -72,6 +72,15 @@ def write(folder: Path, report: dict[str, Any], title: str) -> None:
                 md_table(SENS_COLUMNS, sensitivity_rows(report)),
             )
         )
+    top = report.get("keep_float_top_k")
+    if top:
+        rows = [[r["graph"], r["node"], r["psnr_drop_db"], r["bpp_increase"]] for r in top["kept"]]
+        sections.append(
+            (
+                f"keep_float_top_k {top['k']}: the most sensitive Convs left float",
+                md_table(["graph", "node", "alone: PSNR drop dB", "bpp increase"], rows),
+            )
+        )
     search = report.get("accuracy_aware")
     if search:
         kept = "\n".join(f"- {k['graph']} {k['node']}: {k['reason']}" for k in search["kept"])
