@@ -4,6 +4,10 @@ The search works on the raw recipe (a mapping): each trial is that mapping with 
 set, validated again through parse_recipe, so a trial is exactly a recipe `cli.py run` takes.
 Trials measure on search images (data.calibration, else data.train, or search.images), never
 on data.eval: the chosen recipe alone is checked on data.eval, at the end.
+
+A family (`model:` a list or a glob, compressor.families) is searched as one: each trial runs
+the recipe on every member and the family is judged by BD-rate (compressor.search.trial says
+how a family trial's figures are formed); BD-rate constraints need a family.
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from compressor import pipeline
 from compressor.data import image_paths
 from compressor.errors import RecipeError
+from compressor.families.members import is_family
 from compressor.recipe import Recipe, _same_source, parse_recipe, read_recipe_file, short
 from compressor.search.spec import (
     SearchSpec,
@@ -26,6 +31,7 @@ from compressor.search.spec import (
     parse_spec,
     step_index,
 )
+from compressor.validate import FAMILY_GATES
 
 #: steps whose `images` field the trials point at the search images
 IMAGE_STEPS = ("validate", "evaluate")
@@ -40,7 +46,9 @@ class SearchPlan:
     run_dir: Path
     mode: str  # new | resume | replace (compressor.runfolder)
     images: str  # what the trials measure on
-    model: Path
+    model: Path  # a family's first member
+    #: a family's members (every trial runs the recipe on each); empty for one model
+    members: list[Path] = field(default_factory=list)
 
 
 def load_search(
@@ -71,8 +79,7 @@ def plan_search(
             f"{source}: a search measures each trial with the recipe's validate step: add "
             "`- validate: {}` (its gates are the constraints unless search.constraints is set)"
         )
-    if isinstance(recipe.model, list) or any(c in str(recipe.model) for c in "*?["):
-        raise RecipeError(f"{source}: searching a family is not supported yet; search one model")
+    check_family_constraints(spec, recipe, source)
     if spec.sampler == "brute-force" and spec.space_size() == float("inf"):
         raise RecipeError(
             f"{source}: search.sampler brute-force needs a finite space: choice lists, "
@@ -88,12 +95,13 @@ def plan_search(
     base = pipeline.plan(
         recipe, run_dir, source=source, raw=raw, resume=resume, overwrite=overwrite
     )
+    members = [m.path for m in base.members]
     for path, choices in spec.space.items():
         for value in choices_to_check(choices):
-            check_choice(raw, path, value, source)
+            check_choice(raw, path, value, source, members)
     trial = trial_raw(raw, {}, spec, images)
-    check_recipe(trial, f"{source} (a trial)")
-    sp = SearchPlan(spec, raw, recipe, source, base.run_dir, base.mode, images, base.model)
+    check_recipe(trial, f"{source} (a trial)", members)
+    sp = SearchPlan(spec, raw, recipe, source, base.run_dir, base.mode, images, base.model, members)
     if sp.mode == "resume":
         check_same_search(sp)
     return sp
@@ -142,20 +150,38 @@ def search_images(spec: SearchSpec, recipe: Recipe, source: str) -> str:
     return images
 
 
-def check_choice(raw: dict[str, Any], path: str, value: Any, source: str) -> None:
+def check_family_constraints(spec: SearchSpec, recipe: Recipe, source: str) -> None:
+    """BD-rate constraints judge a family's RD curve: they need a family as the model."""
+    bd = [g for g in spec.constraints or {} if g in FAMILY_GATES]
+    if bd and not is_family(recipe.model):
+        raise RecipeError(
+            f"{source}: search.constraints.{bd[0]} judges a family's RD curve (BD-rate): give "
+            "model a list or a glob of one model per lambda, or use a single-model gate "
+            "(max_psnr_drop_db, max_bpp_increase, ...)"
+        )
+
+
+def check_choice(
+    raw: dict[str, Any], path: str, value: Any, source: str, members: list[Path] | None = None
+) -> None:
     """One choice in isolation: the recipe with only that field changed must be valid."""
     where = f"{source}: search.space.{short(path, 60)} = {short(value, 40)}"
     step_index(raw, path, source)
-    check_recipe(materialise(raw, {path: value}, source), where)  # errors name the field
+    check_recipe(materialise(raw, {path: value}, source), where, members)  # errors name the field
 
 
-def check_recipe(data: dict[str, Any], source: str) -> Recipe:
-    """parse_recipe plus the plan-time checks of every step (no folder, no weights)."""
+def check_recipe(data: dict[str, Any], source: str, members: list[Path] | None = None) -> Recipe:
+    """parse_recipe plus the plan-time checks of every step (no folder, no weights), on the
+    model or on every member of a family (`members`, resolved once by the plan)."""
     recipe = parse_recipe(data, source)
     steps = [(pipeline.STEPS.get(name), params) for name, params in recipe.steps]
-    model = pipeline.resolve_model(str(recipe.model))
     try:
-        pipeline.check_steps(steps, model, recipe)
+        if members:
+            for member in members:
+                as_member = recipe.model_copy(update={"model": str(member)})
+                pipeline.check_steps(steps, member, as_member, member=True)
+        else:
+            pipeline.check_steps(steps, pipeline.resolve_model(str(recipe.model)), recipe)
     except RecipeError as e:
         raise RecipeError(f"{source}: {e}") from None
     return recipe
@@ -176,8 +202,12 @@ def trial_raw(
         params["gates"] = copy.deepcopy(spec.constraints)
         steps[last] = {"validate": params}
     if images is not None:
+        family = is_family(out["model"])
         for i, step in enumerate(steps):
             ((name, params),) = step.items()
             if name in IMAGE_STEPS:
                 steps[i] = {name: {**(params or {}), "images": images}}
+            if name == "validate" and family:
+                # the JPEG / WebP sweeps judge no constraint: measured by the final check only
+                steps[i]["validate"] = {**(steps[i]["validate"] or {}), "references": []}
     return out

@@ -8,6 +8,8 @@ recipe `cli.py run best.yaml` reproduces) is then run on data.eval — images no
 and goal_met also needs that run's gates to pass.
 
 Files: trials.csv, pareto.json, pareto.png, best.yaml, search.json (goal_met and the rest).
+A family search's final check is the family's verdict (members' gates and the BD-rate gates),
+and its trials.csv has the trials' BD-rate columns.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from compressor import pipeline
 from compressor.errors import CompressorError
 from compressor.fsutil import atomic_file, write_text
 from compressor.progress import Reporter
+from compressor.quant.rank_cache import ranking_cache
 from compressor.recipe import parse_recipe
 from compressor.search.engine import SearchResult, TrialRecord
 from compressor.search.plan import SearchPlan, trial_raw
 from compressor.search.spec import PARETO_AXES
+from compressor.search.trial import rankings
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,7 @@ def finish(
             final_check(sp, best, work / "final", reporter) if sp.spec.final_check else {}
         )
         result.goal_met = feasible and result.final.get("passed", True)
-    write_trials_csv(work / "trials.csv", records, list(sp.spec.space))
+    write_trials_csv(work / "trials.csv", records, list(sp.spec.space), family=bool(sp.members))
     summary = _summary(sp, result, feasible)
     write_text(work / "pareto.json", json.dumps(summary, indent=2, default=str) + "\n")
     write_text(work / "search.json", json.dumps(summary, indent=2, default=str) + "\n")
@@ -112,11 +116,14 @@ def final_check(sp: SearchPlan, best: dict[str, Any], out: Path, reporter: Repor
         recipe = parse_recipe(best, "best.yaml")
         resume = out.is_dir() and any(out.iterdir())
         p = pipeline.plan(recipe, out, source="best.yaml", raw=best, overwrite=resume)
-        run = pipeline.run(p, reporter)
+        with ranking_cache(rankings(out.parent)):  # the trials' rankings: the same layers kept
+            run = pipeline.run(p, reporter)
     except CompressorError as e:
         return {"passed": False, "error": pipeline.one_line(e)}
     checks = [a for a in run.artifacts if a.step == "validate"]
     summary = checks[-1].summary if checks else {}
+    if run.members or run.failed_members:  # a family: its BD values and verdict
+        summary = run.final.summary
     return {"passed": run.passed, "folder": out.name, **summary}
 
 
@@ -132,6 +139,7 @@ def _summary(sp: SearchPlan, result: SearchResult, feasible: bool) -> dict[str, 
         "multi_objective": sp.spec.multi_objective,
         "axes": list(PARETO_AXES),
         "constraints": sp.spec.constraints,
+        "family": [str(m) for m in sp.members] or None,
         "trials": len(result.trials),
         "chosen": _record(chosen) if chosen else None,
         "chosen_met_constraints": feasible,
@@ -141,8 +149,14 @@ def _summary(sp: SearchPlan, result: SearchResult, feasible: bool) -> dict[str, 
     }
 
 
-def write_trials_csv(path: Path, records: list[TrialRecord], space: list[str]) -> None:
-    columns = ["number", *space, "latency", "latency_ms", "quality_loss", "bpp_increase"]
+def write_trials_csv(
+    path: Path, records: list[TrialRecord], space: list[str], *, family: bool = False
+) -> None:
+    """One row per trial; a family search adds its BD-rate columns (the candidate family vs
+    the baseline family, %; its latency is the members' mean, its quality loss the worst
+    member's: compressor.search.trial.measure_family)."""
+    bd = ["bd_rate_psnr", "bd_rate_ms_ssim"] if family else []
+    columns = ["number", *space, "latency", "latency_ms", "quality_loss", "bpp_increase", *bd]
     columns += ["size_mb", "feasible", "screened", "error", "folder"]
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -150,7 +164,8 @@ def write_trials_csv(path: Path, records: list[TrialRecord], space: list[str]) -
     for r in records:
         o = r.outcome
         values = [_cell(r.values.get(k)) for k in space]
-        measures = [o.latency, o.latency_ms, o.quality_loss, o.bpp_increase, o.size_mb]
+        measures = [o.latency, o.latency_ms, o.quality_loss, o.bpp_increase]
+        measures += [getattr(o, k) for k in bd] + [o.size_mb]
         flags = [o.feasible, o.screened, o.error or ""]
         w.writerow([r.number, *values, *measures, *flags, r.folder])
     write_text(path, buf.getvalue())

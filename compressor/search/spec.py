@@ -6,6 +6,8 @@ STEP is a step's name (when the recipe has it once) or its 1-based position (`st
 Each value is a non-empty list of choices or a range `{low, high[, step][, log][, integer]}`.
 Every choice is checked in isolation against the step's own parameter model at plan time
 (before any weights load), so a choice that would make an invalid recipe is refused there.
+Constraints are validate gates; the BD-rate ones (max_bd_rate, max_bd_rate_ms_ssim) judge a
+family's RD curve, so they need a family as the recipe's model (checked by plan_search).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from compressor.errors import RecipeError
 from compressor.recipe import _error, short
-from compressor.validate import FAMILY_GATES, GATE_RULES
+from compressor.validate import GATE_RULES
 
 #: single-objective modes -> the latency the search minimises
 OBJECTIVES = ("total_latency", "encode_latency", "decode_latency")
@@ -121,12 +123,7 @@ class SearchSpec(BaseModel):
                 raise ValueError(
                     f"constraint {name!r} is not a validate gate; allowed: {', '.join(GATE_RULES)}"
                 )
-            if name in FAMILY_GATES:
-                raise ValueError(
-                    f"constraint {name} judges a family's RD curve; searching a family is not "
-                    "supported yet: search one model"
-                )
-        return value
+        return value  # a BD-rate gate needs a family as the model: plan_search checks that
 
     def space_size(self) -> float:
         total: float = 1

@@ -58,7 +58,6 @@ def test_ranges_check_their_ends_and_count_their_values() -> None:
         ({"space": {}}, "space is empty"),
         ({"space": {"steps.prune.importance": []}}, "empty choice list"),
         ({"space": {"a": [1]}, "constraints": {"max_psnr": 1}}, "not a validate gate"),
-        ({"space": {"a": [1]}, "constraints": {"max_bd_rate": 1}}, "family"),
         ({"space": {"a": [1]}, "max_trials": 0}, "max_trials"),
         ({"space": {"a": [1]}, "objective": "size"}, "objective"),
         ({"space": {"a": [1]}, "sampler": "grid"}, "sampler"),
