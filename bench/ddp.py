@@ -4,7 +4,8 @@ CUDA GPUs also torchrun on 1 GPU against all of them (nccl).
 
 Both sides run the library's own train loop on the bundled q2 hyperprior (N=128, M=192);
 samples/s is timed between the progress callbacks of the steps after a warm-up, so process
-start-up and the held-out evaluation are left out.
+start-up and the held-out evaluation are left out. The two sides run one after the other
+(a torchrun start costs tens of seconds here), not interleaved: on a busy machine repeat it.
 
     uv run --frozen python bench/ddp.py [--steps 8 --batch 4 --crop 128]
 """
@@ -22,6 +23,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from compressor.threads import set_wait_policy  # noqa: E402
+
+set_wait_policy()  # as the CLI does: idle OpenMP threads sleep (torch is not loaded yet)
 
 WARMUP = 2
 
