@@ -285,7 +285,7 @@ def _judge(
 
     params: Any = next(params for spec, params in reversed(p.steps) if spec.name == "validate")
     reports = {name: _validation(run) for name, run in runs.items()}
-    images = load_images(params.images or p.recipe.data.eval)
+    images = load_images(params.images or p.recipe.data.eval)[: params.max_images]
     names = [m.name for m in p.members]
     j = judge_family(names, reports, errors, images, params, threads=p.threads, reporter=reporter)
     final_dir = folder.work / FAMILY_DIR

@@ -206,7 +206,8 @@ def trial_raw(
         for i, step in enumerate(steps):
             ((name, params),) = step.items()
             if name in IMAGE_STEPS:
-                steps[i] = {name: {**(params or {}), "images": images}}
+                limit = {"max_images": spec.max_images} if spec.max_images else {}
+                steps[i] = {name: {**(params or {}), "images": images, **limit}}
             if name == "validate" and family:
                 # the JPEG / WebP sweeps judge no constraint: measured by the final check only
                 steps[i]["validate"] = {**(steps[i]["validate"] or {}), "references": []}

@@ -97,6 +97,12 @@ class SearchSpec(BaseModel):
     images: str | None = Field(
         None, description="trial images; default data.calibration, else data.train (never eval)"
     )
+    max_images: int | None = Field(
+        8,
+        ge=1,
+        description="trials measure on the first N search images, full size (a trial's cost "
+        "grows with them; the final check uses every evaluation image); null: all",
+    )
     tie_tolerance: float = Field(
         0.05, ge=0, lt=1, description="latencies within this share of the fastest are a tie"
     )

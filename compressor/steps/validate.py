@@ -26,6 +26,9 @@ class ValidateParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     images: str | None = Field(None, description="image source; default: the recipe's data.eval")
+    max_images: int | None = Field(
+        None, ge=1, description="only the first N images of the source (name order); default all"
+    )
     gates: Gates = Field(default_factory=Gates)
     repeats: int = Field(3, ge=1, description="timed repeats per image and codec (interleaved)")
     baseline: str | None = Field(
@@ -58,7 +61,7 @@ def run(params: ValidateParams, ctx: RunContext, art: Artifact, out: Path) -> Ar
     result = validate(
         base,
         cand,
-        ctx.images(source),
+        ctx.images(source)[: params.max_images],
         params.gates,
         repeats=params.repeats,
         threads=threads,

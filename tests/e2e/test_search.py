@@ -53,7 +53,8 @@ def test_search_writes_its_report_and_a_runnable_best_recipe(
     tiny_ckpt: Path, tmp_path: Path
 ) -> None:
     limits = {"max_psnr_drop_db": 100.0}
-    r = search_recipe(tmp_path, tiny_ckpt, {"space": SPACE, "max_trials": 3, "constraints": limits})
+    spec = {"space": SPACE, "max_trials": 3, "constraints": limits, "max_images": 1}
+    r = search_recipe(tmp_path, tiny_ckpt, spec)
     out = tmp_path / "search"
     result = search(str(r), "--output", str(out))
     assert result.exit_code == 0, result.output
@@ -69,10 +70,16 @@ def test_search_writes_its_report_and_a_runnable_best_recipe(
     assert (out / "pareto.png").stat().st_size > 1000
     assert json.loads((out / "pareto.json").read_text())["front"]
     # the trials measured the calibration images, never the evaluation ones
+    # ... and only the first max_images of them (a trial's cost grows with its images)
     for manifest in out.glob("trials/*/02_validate/manifest.json"):
-        assert json.loads(manifest.read_text())["params"]["images"] == str(tmp_path / "cal")
+        params = json.loads(manifest.read_text())["params"]
+        assert params["images"] == str(tmp_path / "cal") and params["max_images"] == 1
+        measured = json.loads((manifest.parent / "report.json").read_text())["images"]
+        assert [row["image"] for row in measured["candidate"]] == ["img0.png"]
     final = json.loads((out / "final" / "02_validate" / "manifest.json").read_text())
-    assert final["params"]["images"] is None  # data.eval
+    assert final["params"]["images"] is None and final["params"]["max_images"] is None
+    final_rows = json.loads((out / "final" / "02_validate" / "report.json").read_text())
+    assert len(final_rows["images"]["candidate"]) == 2  # every evaluation image
     best = yaml.safe_load((out / "best.yaml").read_text())
     chosen = summary["chosen"]["values"]
     assert best["steps"][0]["prune"]["ratio"]["encoder"] == chosen["steps.prune.ratio.encoder"]
