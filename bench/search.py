@@ -39,6 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compressor.search import SearchResult, load_search, run_search
 
+#: bench/search_anchors.py's TOOLS (imported lazily: it needs the peers group)
+TOOL_NAMES = ("inc", "nncf", "nncf-mixed")
+
 
 def search(
     recipe: Path,
@@ -140,6 +143,10 @@ def anchors(args: argparse.Namespace) -> None:
         rows[tool] = {"seconds": res.seconds, "notes": res.notes, "evaluations": res.evaluations}
         if folder is not None:
             codecs[tool] = folder
+    for item in args.shipped:  # codecs of shipped recipes, in the same side by side
+        label, _, folder = item.partition("=")
+        codecs[label] = Path(folder)
+        rows[label] = {"notes": [f"shipped recipe's codec {folder}"]}
     for label, folder in codecs.items():  # the same evaluation function, every codec
         got = sa.Evaluator(folder, photos, threads=1).reference
         ref = ev.reference
@@ -191,7 +198,14 @@ def main() -> None:
     ap.add_argument("--grid", action="store_true", help="also run every combination")
     ap.add_argument("--anchors", action="store_true", help="side by side with INC and NNCF")
     ap.add_argument("--ours-run", type=Path, default=None, help="a finished search to reuse")
-    ap.add_argument("--tools", nargs="+", default=["inc", "nncf"], choices=["inc", "nncf"])
+    ap.add_argument("--tools", nargs="+", default=["inc", "nncf", "nncf-mixed"], choices=TOOL_NAMES)
+    ap.add_argument(
+        "--shipped",
+        nargs="*",
+        default=[],
+        metavar="NAME=DIR",
+        help="codec folders (a shipped recipe's quantize/onnx) timed side by side too (anchors)",
+    )
     ap.add_argument("--images", type=int, default=16, help="calibration photos (anchors)")
     ap.add_argument("--crop", type=int, default=256, help="their centre crop (anchors)")
     ap.add_argument("--kodak", type=int, default=24, help="data.eval images timed (anchors)")

@@ -21,7 +21,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,9 +158,11 @@ def inc_graph(t: GraphTask) -> tuple[Path | None, str]:
     return out, f"autotune met tolerable_loss {tol:.5f} (relative to {base:.3f} dB)"
 
 
-def nncf_graph(t: GraphTask) -> tuple[Path | None, str]:
+def nncf_graph(t: GraphTask, preset: str | None = None) -> tuple[Path | None, str]:
     """NNCF accuracy control of one graph: absolute max_drop in PSNR dB, per-image PSNR for
-    its ranking of which quantizers to revert to float."""
+    its ranking of which quantizers to revert to float. preset None: NNCF's default
+    (PERFORMANCE: symmetric, signed int8 activations); 'mixed': asymmetric activations (uint8),
+    the kind ONNX Runtime's x86 int8 kernels are fastest with."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
@@ -182,6 +184,7 @@ def nncf_graph(t: GraphTask) -> tuple[Path | None, str]:
         drop_type=nncf.DropType.ABSOLUTE,
         subset_size=len(calib),
         target_device=nncf.TargetDevice.CPU,
+        preset=nncf.QuantizationPreset.MIXED if preset == "mixed" else None,
         advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
             max_num_iterations=t.budget
         ),
@@ -196,6 +199,14 @@ def nncf_graph(t: GraphTask) -> tuple[Path | None, str]:
     )
 
 
+#: the anchors bench/search.py --tools can name
+TOOLS: dict[str, Callable[[GraphTask], tuple[Path | None, str]]] = {
+    "inc": inc_graph,
+    "nncf": nncf_graph,
+    "nncf-mixed": lambda t: nncf_graph(t, "mixed"),
+}
+
+
 def run_anchor(
     tool: str,
     fp32: Path,
@@ -206,7 +217,7 @@ def run_anchor(
     work: Path,
 ) -> AnchorResult:
     """One tool over g_a then g_s (module docstring); never raises for the tool's failures."""
-    tune = {"inc": inc_graph, "nncf": nncf_graph}[tool]
+    tune = TOOLS[tool]
     work.mkdir(parents=True, exist_ok=True)
     result = AnchorResult(tool)
     floor = ev.reference["psnr"] - max_drop_db
