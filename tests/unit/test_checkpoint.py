@@ -110,3 +110,21 @@ def test_half_precision_storage_loads_close_and_keeps_tiny_constants(tmp_path: P
         for sd in (model.state_dict(), stored)
     ]
     assert float_bytes[1] < 0.51 * float_bytes[0]
+
+
+def test_cli_pack_writes_a_half_checkpoint_and_never_overwrites(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    checkpoint.save(tiny_model(), tmp_path / "full.pt")
+    out = tmp_path / "half.pt"
+    ok = CliRunner().invoke(main, ["pack", str(tmp_path / "full.pt"), "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert torch.load(out, weights_only=True)["state_dict"]["g_a.0.weight"].dtype == torch.float16
+    again = CliRunner().invoke(main, ["pack", str(tmp_path / "full.pt"), "--out", str(out)])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    bad = CliRunner().invoke(
+        main, ["pack", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.pt")]
+    )
+    assert bad.exit_code == 2 and not (tmp_path / "x.pt").exists()
