@@ -101,6 +101,21 @@ def _crop(out: torch.Tensor, plan_h: _AxisPlan, plan_w: _AxisPlan) -> torch.Tens
     return out
 
 
+def padded_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    pads: tuple[int, int, int, int],
+) -> torch.Tensor:
+    return F.conv2d(F.pad(x, pads) if any(pads) else x, weight, bias)
+
+
+def depth_to_space_dcr(x: torch.Tensor, s: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    y = x.reshape(n, s, s, c // (s * s), h, w).permute(0, 3, 4, 1, 5, 2)
+    return y.reshape(n, c // (s * s), h * s, w * s)
+
+
 class _PaddedConv(torch.autograd.Function):
     """conv2d with asymmetric zero padding, exported as ONE ONNX Conv (its `pads` attribute):
     no Pad nodes, so the s*s phase convs of a layer share one input (one QuantizeLinear in
@@ -114,7 +129,7 @@ class _PaddedConv(torch.autograd.Function):
         bias: torch.Tensor | None,
         pads: tuple[int, int, int, int],
     ) -> torch.Tensor:
-        return F.conv2d(F.pad(x, pads) if any(pads) else x, weight, bias)
+        return padded_conv(x, weight, bias, pads)
 
     @staticmethod
     def symbolic(g, x, weight, bias, pads):  # type: ignore[no-untyped-def]
@@ -144,7 +159,10 @@ class PaddedConv2d(nn.Conv2d):
         self.pads = pads
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return _PaddedConv.apply(x, self.weight, self.bias if bias is None else bias, self.pads)
+        b = self.bias if bias is None else bias
+        if torch.onnx.is_in_onnx_export():  # one ONNX Conv with pads (see _PaddedConv)
+            return _PaddedConv.apply(x, self.weight, b, self.pads)
+        return padded_conv(x, self.weight, b, self.pads)  # differentiable: QAT trains through it
 
 
 class SubpixelConv(nn.Module):
@@ -203,9 +221,7 @@ class _DepthToSpaceDCR(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, s: int) -> torch.Tensor:  # type: ignore[override]
-        n, c, h, w = x.shape
-        y = x.reshape(n, s, s, c // (s * s), h, w).permute(0, 3, 4, 1, 5, 2)
-        return y.reshape(n, c // (s * s), h * s, w * s)
+        return depth_to_space_dcr(x, s)
 
     @staticmethod
     def symbolic(g, x, s: int):  # type: ignore[no-untyped-def]
@@ -262,7 +278,11 @@ class PhaseConv(nn.Module):
         outs = [conv(x, self.bias) for conv in self.phases]
         if self.scale == 1:
             return _crop(outs[0], self.plan_h, self.plan_w)
-        out = _DepthToSpaceDCR.apply(torch.cat(outs, dim=1), self.scale)
+        joined = torch.cat(outs, dim=1)
+        if torch.onnx.is_in_onnx_export():
+            out = _DepthToSpaceDCR.apply(joined, self.scale)
+        else:  # the same permutation, differentiable (QAT, fine-tuning a rewritten model)
+            out = depth_to_space_dcr(joined, self.scale)
         return _crop(out, self.plan_h, self.plan_w)
 
 

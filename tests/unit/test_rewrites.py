@@ -228,3 +228,22 @@ def test_rewritten_model_parts_match(arch: str) -> None:
         x = torch.randn(1, c_in.in_channels, 8, 12)
         with torch.no_grad():
             assert _max_diff(part(x), new(x)) <= TOL, name
+
+
+def test_phase_conv_trains_like_the_deconvolution_it_replaces() -> None:
+    """QAT and fine-tuning train through a rewritten decoder: PhaseConv's forward must be
+    differentiable outside ONNX export (its export-only autograd Functions have no backward;
+    the bundled model's QAT failed on them), with the deconvolution's gradients."""
+    torch.manual_seed(0)
+    deconv = nn.ConvTranspose2d(16, 16, 5, stride=2, padding=2, output_padding=1)
+    phase = PhaseConv(deconv)
+    x = torch.rand(1, 16, 6, 7)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = deconv(xa), phase(xb)
+    assert float((ya - yb).abs().max()) < 1e-5
+    ya.square().sum().backward()
+    yb.square().sum().backward()
+    assert xa.grad is not None and xb.grad is not None
+    assert float((xa.grad - xb.grad).abs().max()) < 1e-4
+    assert deconv.bias is not None and deconv.bias.grad is not None and phase.bias is not None
+    assert torch.allclose(deconv.bias.grad, phase.bias.grad, atol=1e-3)  # type: ignore[arg-type]
