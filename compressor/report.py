@@ -99,18 +99,31 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
+#: the x range of a focused RD plot: this many times the focus curves' largest bpp
+ZOOM = 1.6
+
+
 def plot_curves(
     path: Path,
     curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
     ylabel: str,
     title: str,
+    focus: Sequence[str] = (),
 ) -> None:
     """RD curves: mean bpp against a quality, one line with markers per codec, in
-    increasing bpp."""
+    increasing bpp. `focus`: the curves the axes are sized to (the families); the others
+    (JPEG / WebP swept to 3+ bpp) are drawn clipped, or the families would be a corner."""
     fig, ax = _figure()
     for name, (xs, ys) in curves.items():
         pairs = sorted(zip(xs, ys, strict=True))
         ax.plot([x for x, _ in pairs], [y for _, y in pairs], marker="o", ms=4, label=name)
+    shown = [curves[n] for n in focus if n in curves]
+    if shown:
+        hi = ZOOM * max(max(xs) for xs, _ in shown)
+        inside = [y for xs, ys in curves.values() for x, y in zip(xs, ys, strict=True) if x <= hi]
+        pad = 0.05 * (max(inside) - min(inside) or 1.0)
+        ax.set_xlim(0, hi)
+        ax.set_ylim(min(inside) - pad, max(inside) + pad)
     ax.set_xlabel("bits per pixel (mean over images, real bitstreams)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)

@@ -110,12 +110,14 @@ def write_family_report(folder: Path, j: Judgement, title: str) -> None:
 def _plots(folder: Path, j: Judgement) -> None:
     title = title_bd(j)
     psnr = {n: (c.values("bpp"), c.values("psnr")) for n, c in j.curves.items() if c.has("psnr")}
-    plot_curves(folder / "rd.png", psnr, "PSNR (dB, RGB)", title)
+    families = ("baseline", "candidate")
+    plot_curves(folder / "rd.png", psnr, "PSNR (dB, RGB)", title, families)
     msssim = {
         n: (c.values("bpp"), c.values("ms_ssim_db"))
         for n, c in j.curves.items()
         if c.has("ms_ssim_db")
     }
     if msssim:
-        plot_curves(folder / "rd_msssim.png", msssim, "MS-SSIM (dB: -10 log10(1 - MS-SSIM))", title)
+        ylabel = "MS-SSIM (dB: -10 log10(1 - MS-SSIM))"
+        plot_curves(folder / "rd_msssim.png", msssim, ylabel, title, families)
     plot_speed(folder / "speed.png", speed_points(j), "speed against BD-rate; " + title)
