@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,12 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _default_sigint() -> None:
+    # A suite started in the background (`make test &`) inherits SIGINT ignored, and Python
+    # then never raises KeyboardInterrupt: the child gets what a user's Ctrl-C meets.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli_process(*args: str) -> subprocess.Popen[str]:
     """`cli.py ARGS` in its own process (for tests that kill or interrupt it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -80,6 +87,7 @@ def cli_process(*args: str) -> subprocess.Popen[str]:
         [sys.executable, str(REPO / "cli.py"), *args],
         cwd=REPO,
         env=env,
+        preexec_fn=_default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
