@@ -362,17 +362,23 @@ def _resume_problem(state: Any, path: Path) -> str | None:
     return None
 
 
+RESUME_HINT = "delete it or pass --no-resume to start over"
+
+
+def _unfit(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"resume file {path} does not fit this training run ({problem}); {RESUME_HINT}"
+    )
+
+
 def _read_resume(path: Path) -> dict[str, Any]:
-    hint = "delete it or pass --no-resume to start over"
     try:
         state = checkpoint.safe_load(path)
         problem = _resume_problem(state, path)
     except CheckpointError as e:
-        raise CheckpointError(f"resume file {path} is unusable ({e}); {hint}") from None
+        raise CheckpointError(f"resume file {path} is unusable ({e}); {RESUME_HINT}") from None
     if problem is not None:
-        raise CheckpointError(
-            f"resume file {path} does not fit this training run ({problem}); {hint}"
-        )
+        raise _unfit(path, problem)
     return state  # type: ignore[no-any-return]
 
 
@@ -383,11 +389,7 @@ def _restore_resume(trainer: _Trainer, path: Path) -> None:
     try:
         trainer.restore(state)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
-        problem = " ".join(str(e).split())[:200] or type(e).__name__
-        raise CheckpointError(
-            f"resume file {path} does not fit this training run ({problem}); "
-            "delete it or pass --no-resume to start over"
-        ) from None
+        raise _unfit(path, " ".join(str(e).split())[:200] or type(e).__name__) from None
 
 
 def _save_resume(trainer: _Trainer, path: Path) -> None:
