@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from compressor.cli.common import handle_errors
-from compressor.errors import CompressorError
+from compressor.fsutil import check_output
 
 
 @click.command()
@@ -24,8 +24,7 @@ def pack(model: Path, out: Path, overwrite: bool) -> None:
     from compressor import checkpoint
     from compressor.rich_ui import out as stdout
 
-    if out.exists() and not overwrite:
-        raise CompressorError(f"{out} exists; pass --overwrite to replace it")
+    check_output(out, overwrite)  # before any weights load: a directory, an existing file
     loaded = checkpoint.load(model)
     checkpoint.save(loaded, out, half=True)
     packed = checkpoint.load(out)

@@ -124,6 +124,13 @@ def test_cli_pack_writes_a_half_checkpoint_and_never_overwrites(tmp_path: Path) 
     assert torch.load(out, weights_only=True)["state_dict"]["g_a.0.weight"].dtype == torch.float16
     again = CliRunner().invoke(main, ["pack", str(tmp_path / "full.pt"), "--out", str(out)])
     assert again.exit_code == 2 and "--overwrite" in again.output
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    into_dir = CliRunner().invoke(
+        main, ["pack", str(tmp_path / "full.pt"), "--out", str(folder), "--overwrite"]
+    )
+    assert into_dir.exit_code == 2 and "is a directory" in into_dir.output
+    assert folder.is_dir() and not list(folder.iterdir())
     bad = CliRunner().invoke(
         main, ["pack", str(tmp_path / "none.pt"), "--out", str(tmp_path / "x.pt")]
     )
