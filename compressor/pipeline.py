@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from compressor import step_cache
 from compressor.artifact import Artifact, read_manifest, sha256, write_manifest
 from compressor.data import image_paths
 from compressor.errors import CompressorError, RecipeError
@@ -218,6 +219,8 @@ def _run_steps(
         final_dir = work / step_id
         fingerprint = step_fingerprint(recipe, spec, params, current)
         art = reuse(final_dir, fingerprint) if reusable else None
+        if art is None and step_cache.fetch(spec.name, fingerprint, final_dir):
+            art = reuse(final_dir, fingerprint)  # another run of the shared store made it
         if art is None:
             reusable = False  # every later step depends on this one: run them all again
             if final_dir.exists():  # a step of this run folder (ours) made with other inputs
@@ -230,6 +233,7 @@ def _run_steps(
                 raw = {"file": p.source, **p.raw, **({"member": member.name} if member else {})}
                 write_manifest(tmp, art, inputs, raw, fingerprint, folder.work)
             art = art.relocated(tmp, final_dir)
+            step_cache.keep(spec.name, fingerprint, final_dir)
         else:
             reused += 1
             log.info("step %s%s: finished earlier with the same inputs; kept", prefix, step_id)
@@ -279,13 +283,14 @@ def _judge(
     reporter: Reporter,
 ) -> Artifact:
     """The family stage: <run>/family/ from the members' last validate reports."""
-    from compressor.data import load_images
+    from compressor.data import centre_crop, load_images
     from compressor.families.judge import judge_family
     from compressor.families.report import write_family_report
 
     params: Any = next(params for spec, params in reversed(p.steps) if spec.name == "validate")
     reports = {name: _validation(run) for name, run in runs.items()}
-    images = load_images(params.images or p.recipe.data.eval)[: params.max_images]
+    source = load_images(params.images or p.recipe.data.eval)[: params.max_images]
+    images = [(name, centre_crop(a, params.crop)) for name, a in source]
     names = [m.name for m in p.members]
     j = judge_family(names, reports, errors, images, params, threads=p.threads, reporter=reporter)
     final_dir = folder.work / FAMILY_DIR

@@ -6,7 +6,9 @@ model file's bytes (every member's, for a family), the image sources' files and 
 versions. A finished key is never run again; a key whose run was killed resumes in its own
 folder (the pipeline keeps the steps that finished). Beside it, <search>/cache/sensitivity
 holds the quantize step's per-graph sensitivity rows under their own content hash
-(compressor.quant.rank_cache), so trials that differ only in keep_float_top_k rank once.
+(compressor.quant.rank_cache), so trials that differ only in keep_float_top_k rank once, and
+<search>/cache/steps the finished prune / fine-tune / distill steps under their step
+fingerprint (compressor.step_cache), so trials that share them fine-tune once.
 
 A family trial (the recipe's model a list or a glob) runs every member and is judged by
 BD-rate; measure_family says how its members' figures make one outcome.
@@ -29,6 +31,7 @@ from compressor.fsutil import write_text
 from compressor.progress import Reporter
 from compressor.quant.rank_cache import ranking_cache
 from compressor.recipe import BUNDLED, parse_recipe
+from compressor.step_cache import shared_steps
 from compressor.validate import GATE_RULES
 
 log = logging.getLogger(__name__)
@@ -138,7 +141,8 @@ def run_trial(raw: dict[str, Any], folder: Path, objective: str, reporter: Repor
     recipe = parse_recipe(raw, f"trial {folder.name}")
     resume = folder.is_dir() and any(folder.iterdir())
     p = pipeline.plan(recipe, folder, source=f"trial {folder.name}", raw=raw, resume=resume)
-    with ranking_cache(rankings(folder.parent.parent)):
+    search = folder.parent.parent
+    with ranking_cache(rankings(search)), shared_steps(search / "cache" / "steps"):
         result = pipeline.run(p, reporter)
     return measure(result, objective)
 
