@@ -208,6 +208,8 @@ def trial_raw(
             if name in IMAGE_STEPS:
                 limit = {"max_images": spec.max_images} if spec.max_images else {}
                 steps[i] = {name: {**(params or {}), "images": images, **limit}}
+            if name == "validate" and spec.crop:
+                steps[i]["validate"]["crop"] = list(spec.crop)
             if name == "validate" and family:
                 # the JPEG / WebP sweeps judge no constraint: measured by the final check only
                 steps[i]["validate"] = {**(steps[i]["validate"] or {}), "references": []}

@@ -16,7 +16,15 @@ import copy
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from compressor.errors import RecipeError
 from compressor.recipe import _error, short
@@ -102,6 +110,11 @@ class SearchSpec(BaseModel):
         ge=1,
         description="trials measure on the first N search images, full size (a trial's cost "
         "grows with them; the final check uses every evaluation image); null: all",
+    )
+    crop: tuple[PositiveInt, PositiveInt] | None = Field(
+        None,
+        description="trials measure on the W x H centre of each search image (e.g. Kodak's "
+        "768 x 512: a trial's latency then weighs like the evaluation's); default: full size",
     )
     tie_tolerance: float = Field(
         0.05, ge=0, lt=1, description="latencies within this share of the fastest are a tie"

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from compressor.artifact import Artifact
 from compressor.codec import open_codec
+from compressor.data import centre_crop
 from compressor.errors import RecipeError
 from compressor.metrics.bdrate import MIN_OVERLAP
 from compressor.report import write_validation_report
@@ -28,6 +29,9 @@ class ValidateParams(BaseModel):
     images: str | None = Field(None, description="image source; default: the recipe's data.eval")
     max_images: int | None = Field(
         None, ge=1, description="only the first N images of the source (name order); default all"
+    )
+    crop: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="measure on the W x H centre of each image; default: full size"
     )
     gates: Gates = Field(default_factory=Gates)
     repeats: int = Field(3, ge=1, description="timed repeats per image and codec (interleaved)")
@@ -61,7 +65,9 @@ def run(params: ValidateParams, ctx: RunContext, art: Artifact, out: Path) -> Ar
     result = validate(
         base,
         cand,
-        ctx.images(source)[: params.max_images],
+        [(name, centre_crop(a, params.crop)) for name, a in ctx.images(source)][
+            : params.max_images
+        ],
         params.gates,
         repeats=params.repeats,
         threads=threads,
