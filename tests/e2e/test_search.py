@@ -53,7 +53,13 @@ def test_search_writes_its_report_and_a_runnable_best_recipe(
     tiny_ckpt: Path, tmp_path: Path
 ) -> None:
     limits = {"max_psnr_drop_db": 100.0}
-    spec = {"space": SPACE, "max_trials": 3, "constraints": limits, "max_images": 1}
+    spec = {
+        "space": SPACE,
+        "max_trials": 3,
+        "constraints": limits,
+        "max_images": 1,
+        "crop": [48, 40],
+    }
     r = search_recipe(tmp_path, tiny_ckpt, spec)
     out = tmp_path / "search"
     result = search(str(r), "--output", str(out))
@@ -74,10 +80,14 @@ def test_search_writes_its_report_and_a_runnable_best_recipe(
     for manifest in out.glob("trials/*/02_validate/manifest.json"):
         params = json.loads(manifest.read_text())["params"]
         assert params["images"] == str(tmp_path / "cal") and params["max_images"] == 1
+        # ... at their 48 x 40 centre (img0 is 64 x 64)
         measured = json.loads((manifest.parent / "report.json").read_text())["images"]
         assert [row["image"] for row in measured["candidate"]] == ["img0.png"]
+        row = measured["candidate"][0]
+        assert params["crop"] == [48, 40] and (row["width"], row["height"]) == (48, 40)
     final = json.loads((out / "final" / "02_validate" / "manifest.json").read_text())
     assert final["params"]["images"] is None and final["params"]["max_images"] is None
+    assert final["params"]["crop"] is None
     final_rows = json.loads((out / "final" / "02_validate" / "report.json").read_text())
     assert len(final_rows["images"]["candidate"]) == 2  # every evaluation image
     best = yaml.safe_load((out / "best.yaml").read_text())
@@ -287,3 +297,48 @@ def test_multi_objective_search_returns_a_pareto_front(tiny_ckpt: Path, tmp_path
         for b in front:
             axes = ("latency", "quality_loss", "size_mb")
             assert not (all(b[k] <= a[k] for k in axes) and any(b[k] < a[k] for k in axes))
+
+
+def test_trials_sharing_a_fine_tune_run_it_once(
+    tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two trials that differ only after the fine-tune (the validate repeats): the second
+    # takes the first's prune and fine-tune from <search>/cache/steps (compressor.step_cache)
+    import dataclasses
+
+    from compressor.steps import STEPS
+
+    get = STEPS.get
+    calls: list[str] = []
+    spec = STEPS.get("finetune")
+    counted = dataclasses.replace(spec, run=lambda *a: calls.append("ft") or spec.run(*a))
+    monkeypatch.setattr(STEPS, "get", lambda name: counted if name == "finetune" else get(name))
+    steps = [
+        {"prune": {**PRUNE, "latency_repeats": 0}},
+        {"finetune": FINETUNE},
+        {"validate": {"repeats": 1}},
+    ]
+    block = {
+        "space": {"steps.validate.repeats": [1, 2]},
+        "sampler": "brute-force",
+        "max_trials": 2,
+        "constraints": {"max_psnr_drop_db": 100.0},
+        "final_check": False,
+    }
+    r = search_recipe(tmp_path, tiny_ckpt, block, steps)
+    data = yaml.safe_load(r.read_text())
+    data["data"]["train"] = str(write_images(tmp_path / "train", [(96, 96), (80, 96)], seed=7))
+    r.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "search"
+    result = search(str(r), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert calls == ["ft"]  # the second trial did not fine-tune
+    stored = sorted(p.name.split("-")[0] for p in (out / "cache" / "steps").iterdir())
+    assert stored == ["finetune", "prune"]
+    first, second = (out / "trials" / n / "02_finetune" for n in ("0000", "0001"))
+    assert sorted(f.name for f in first.iterdir()) == sorted(f.name for f in second.iterdir())
+    for f in first.iterdir():
+        if f.is_file():
+            assert f.read_bytes() == (second / f.name).read_bytes(), f.name
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == 2 and not any(row["error"] for row in rows), rows
