@@ -9,6 +9,12 @@ from typing import Any
 import click
 
 from compressor.cli.common import given, handle_errors, options_from, resume_options
+from compressor.cli.options import (
+    images_option,
+    provider_option,
+    threads_option,
+    training_io_options,
+)
 from compressor.threads import resolve_threads
 from compressor.torch_threads import torch_threads
 from compressor.train import TrainConfig
@@ -26,23 +32,9 @@ from compressor.validate import Gates
     default=None,
     help="Start from this checkpoint instead of random weights (fine-tuning).",
 )
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Folder of training images (a share is held out for early stopping).",
-)
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Checkpoint to write (best held-out loss); OUT.resume.pt allows resuming.",
-)
-@click.option(
-    "--resume/--no-resume",
-    default=True,
-    show_default=True,
-    help="Continue from OUT.resume.pt when it exists.",
+@training_io_options(
+    out_help="Checkpoint to write (best held-out loss); OUT.resume.pt allows resuming.",
+    resume_help="Continue from OUT.resume.pt when it exists.",
 )
 @click.option(
     "--processes",
@@ -141,12 +133,7 @@ def _print_eval(result: Any, title: str) -> None:
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "--data",
-    default="skimage",
-    show_default=True,
-    help="Folder of images, or 'skimage' for scikit-image's sample photos.",
-)
+@images_option("Folder of images, or 'skimage' for scikit-image's sample photos.")
 @click.option("--arch", default=None, help="Arch of a foreign checkpoint (guessed if left out).")
 @click.option(
     "--out",
@@ -154,13 +141,8 @@ def _print_eval(result: Any, title: str) -> None:
     default=None,
     help="Folder for report.json / report.md / rd.png [default: exported/eval-MODEL].",
 )
-@click.option("--threads", type=int, default=None, help="CPU threads (torch and ONNX Runtime).")
-@click.option(
-    "--provider",
-    default="cpu",
-    show_default=True,
-    help="ONNX Runtime execution provider, for an exported model folder.",
-)
+@threads_option("CPU threads (torch and ONNX Runtime).")
+@provider_option("ONNX Runtime execution provider, for an exported model folder.")
 @handle_errors
 def evaluate(
     model: Path, data: str, arch: str | None, out: Path | None, threads: int | None, provider: str
@@ -199,9 +181,7 @@ def evaluate(
     type=click.Path(path_type=Path),
     help="Compressed model to judge (checkpoint or export folder).",
 )
-@click.option(
-    "--data", default="skimage", show_default=True, help="Folder of images, or 'skimage'."
-)
+@images_option("Folder of images, or 'skimage'.")
 @click.option("--arch", default=None, help="Arch of foreign checkpoints.")
 @click.option(
     "--out",
@@ -210,13 +190,8 @@ def evaluate(
     show_default=True,
     help="Report folder (always written, pass or fail).",
 )
-@click.option("--threads", type=int, default=None, help="CPU threads, the same for both.")
-@click.option(
-    "--provider",
-    default="cpu",
-    show_default=True,
-    help="ONNX Runtime execution provider (the target hardware).",
-)
+@threads_option("CPU threads, the same for both.")
+@provider_option("ONNX Runtime execution provider (the target hardware).")
 @click.option(
     "--repeats",
     type=int,

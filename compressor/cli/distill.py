@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from compressor.cli.common import given, handle_errors, options_from
+from compressor.cli.options import training_io_options
 from compressor.train import TrainConfig
 
 
@@ -98,23 +99,9 @@ def render(report: dict[str, Any], out: Path) -> None:
     help="Loss weights, e.g. distortion=1,output=1,latent=0.1,rate=1 (terms: distortion, "
     "output, latent, rate; omitted = 0) [default: that example].",
 )
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Folder of training images (a share is held out for early stopping).",
-)
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Student checkpoint to write; OUT's .distill.resume.pt allows resuming.",
-)
-@click.option(
-    "--resume/--no-resume",
-    default=True,
-    show_default=True,
-    help="Continue an interrupted run from its resume file.",
+@training_io_options(
+    out_help="Student checkpoint to write; OUT's .distill.resume.pt allows resuming.",
+    resume_help="Continue an interrupted run from its resume file.",
 )
 @options_from(TrainConfig)
 @handle_errors
