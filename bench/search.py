@@ -20,6 +20,10 @@ codec and timed against FP32, interleaved, on data.eval (Kodak; never calibrated
     OMP_NUM_THREADS=1 uv run --frozen --group peers python bench/search.py \
         --recipe recipes/search-int8.yaml --output /tmp/anchors --max-trials 6 --anchors \
         [--ours-run exported/search-int8-search]   # reuse a finished search instead
+
+A search that prunes (recipes/search-prune-int8.yaml) changes the model before its export: pass
+--fp32 DIR, the unpruned model's FP32 export, as the reference and the anchors' input, and
+--shipped NAME=DIR for the shipped recipes' codecs to time beside it.
 """
 
 from __future__ import annotations
@@ -116,6 +120,19 @@ def step_codec(trial: Path, step: str) -> Path:
     return found[-1]
 
 
+def reference(args: argparse.Namespace, trial: Path) -> Path:
+    """The FP32 export every codec is judged against and the anchors quantize: --fp32, else
+    the chosen trial's own export (which, after a prune step, is the pruned model)."""
+    if args.fp32 is not None:
+        return Path(args.fp32)
+    if any(trial.glob("*_prune")) or any(trial.glob("*_distill")):
+        sys.exit(
+            f"{trial}: the chosen trial changed the model before its export: pass --fp32 "
+            "(the unchanged model's FP32 export) to judge it and the anchors fairly"
+        )
+    return step_codec(trial, "export")
+
+
 def anchors(args: argparse.Namespace) -> None:
     import search_anchors as sa
 
@@ -131,7 +148,7 @@ def anchors(args: argparse.Namespace) -> None:
     calib_dir = str(plan.recipe.data.calibration)
     photos = crops(calib_dir, args.images, args.crop, args.output / "crops")
     trial, ours_s, how = ours(args, str(args.output / "crops"))
-    fp32, mine = step_codec(trial, "export"), step_codec(trial, "quantize")
+    fp32, mine = reference(args, trial), step_codec(trial, "quantize")
     ev = sa.Evaluator(fp32, photos, threads=1)
     calib = calibration_inputs(ev.codec, photos, list(sa.GRAPHS))  # type: ignore[arg-type]
     rows: dict[str, dict[str, Any]] = {"ours": {"seconds": ours_s, "notes": [how]}}
@@ -205,6 +222,12 @@ def main() -> None:
         default=[],
         metavar="NAME=DIR",
         help="codec folders (a shipped recipe's quantize/onnx) timed side by side too (anchors)",
+    )
+    ap.add_argument(
+        "--fp32",
+        type=Path,
+        default=None,
+        help="the bundled model's FP32 export (NN_export/onnx), needed when the search prunes",
     )
     ap.add_argument("--images", type=int, default=16, help="calibration photos (anchors)")
     ap.add_argument("--crop", type=int, default=256, help="their centre crop (anchors)")
