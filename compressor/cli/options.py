@@ -16,30 +16,22 @@ import click
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def stack(*options: Callable[[F], F]) -> Callable[[F], F]:
-    """Several click options as one decorator; they show in --help in the order given."""
-
-    def decorate(fn: F) -> F:
-        for option in reversed(options):  # click lists the outermost decorator first
-            fn = option(fn)
-        return fn
-
-    return decorate
-
-
 def training_io_options(out_help: str, resume_help: str) -> Callable[[F], F]:
     """--data / --out / --resume/--no-resume of the commands that drive the one training loop
     (`train`, `distill`): a folder of training images in, a resumable checkpoint out."""
-    return stack(
-        click.option(
-            "--data",
-            required=True,
-            type=click.Path(path_type=Path),
-            help="Folder of training images (a share is held out for early stopping).",
-        ),
-        click.option("--out", required=True, type=click.Path(path_type=Path), help=out_help),
-        click.option("--resume/--no-resume", default=True, show_default=True, help=resume_help),
+    data = click.option(
+        "--data",
+        required=True,
+        type=click.Path(path_type=Path),
+        help="Folder of training images (a share is held out for early stopping).",
     )
+    out = click.option("--out", required=True, type=click.Path(path_type=Path), help=out_help)
+    resume = click.option("--resume/--no-resume", default=True, show_default=True, help=resume_help)
+
+    def decorate(fn: F) -> F:
+        return data(out(resume(fn)))  # --help lists the outermost first
+
+    return decorate
 
 
 def images_option(help: str) -> Callable[[F], F]:

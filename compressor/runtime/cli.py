@@ -126,6 +126,20 @@ def max_pixels_option(what: str) -> Callable[[F], F]:
     )
 
 
+def codec_options(what: str) -> Callable[[F], F]:
+    """The options encode and decode share: what runs the codec, the output guard, and the
+    size bound on `what` (the images or the files declaring them)."""
+    # not compressor.cli.options: the torch-free wheel ships only compressor.cli.common
+    options = (provider_option, runtime_option, precision_option, threads_option, overwrite_option)
+
+    def decorate(fn: F) -> F:
+        for option in reversed((*options, max_pixels_option(what))):  # --help: outermost first
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 def write_output(out: Path, write: Callable[[], object]) -> None:
     """Run an atomic write; file-system refusals become one-line errors (exit 2)."""
     try:
@@ -143,12 +157,7 @@ def write_output(out: Path, write: Callable[[], object]) -> None:
     help="Exported codec folder (from `cli.py export`).",
 )  # fmt: skip
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bitstream file.")
-@provider_option
-@runtime_option
-@precision_option
-@threads_option
-@overwrite_option
-@max_pixels_option("images")
+@codec_options("images")
 @handle_errors
 def encode(
     image: Path,
@@ -188,12 +197,7 @@ def encode(
     help=f"Exported codec folder [default: the export of the file's model under ${CODECS_ENV} "
     "or ./exported].",
 )  # fmt: skip
-@provider_option
-@runtime_option
-@precision_option
-@threads_option
-@overwrite_option
-@max_pixels_option("files declaring images")
+@codec_options("files declaring images")
 @handle_errors
 def decode(
     file: Path,
