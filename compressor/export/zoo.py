@@ -59,28 +59,26 @@ def _np(t: torch.Tensor, dtype: type) -> np.ndarray:
     return np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype))
 
 
+def _cdf_tables(model: Any, prefix: str, what: str) -> dict[str, np.ndarray]:
+    """The rANS tables every CompressAI EntropyModel keeps once update() built them."""
+    if model._offset.numel() == 0:
+        raise CheckpointError(f"the {what} tables are not built; call finalize() before export")
+    return {
+        f"{prefix}_cdf": _np(model._quantized_cdf, np.int32),
+        f"{prefix}_cdf_length": _np(model._cdf_length, np.int32),
+        f"{prefix}_offset": _np(model._offset, np.int32),
+    }
+
+
 def bottleneck_tables(net: Any) -> dict[str, np.ndarray]:
     eb = net.entropy_bottleneck
-    if eb._offset.numel() == 0:
-        raise CheckpointError("the entropy tables are not built; call finalize() before export")
-    return {
-        "eb_cdf": _np(eb._quantized_cdf, np.int32),
-        "eb_cdf_length": _np(eb._cdf_length, np.int32),
-        "eb_offset": _np(eb._offset, np.int32),
-        "eb_medians": _np(eb._get_medians().reshape(-1), np.float32),
-    }
+    tables = _cdf_tables(eb, "eb", "entropy")
+    return {**tables, "eb_medians": _np(eb._get_medians().reshape(-1), np.float32)}
 
 
 def gaussian_tables(net: Any) -> dict[str, np.ndarray]:
     gc = net.gaussian_conditional
-    if gc._offset.numel() == 0:
-        raise CheckpointError("the Gaussian tables are not built; call finalize() before export")
-    return {
-        "gc_cdf": _np(gc._quantized_cdf, np.int32),
-        "gc_cdf_length": _np(gc._cdf_length, np.int32),
-        "gc_offset": _np(gc._offset, np.int32),
-        "gc_scale_table": _np(gc.scale_table, np.float32),
-    }
+    return {**_cdf_tables(gc, "gc", "Gaussian"), "gc_scale_table": _np(gc.scale_table, np.float32)}
 
 
 @register_exporter("compressai")
