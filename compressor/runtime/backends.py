@@ -19,6 +19,8 @@ desynchronise the ANS stream. The integer hyper path (format 3) needs no tag.
 
 from __future__ import annotations
 
+import importlib.util
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -31,6 +33,15 @@ from compressor.errors import CheckpointError, RecipeError
 from compressor.threads import resolve_threads
 
 RUNTIMES = ("ort", "openvino")
+#: a codec-level choice, not a Backend: every graph opened in both runtimes and timed, the
+#: faster kept (auto_session); the float h_s stays on ONNX Runtime (its kernels pick the
+#: scale indexes a float-path file depends on)
+AUTO = "auto"
+#: runtime "auto" times each graph on the input a Kodak-sized picture (512 x 768) gives it:
+#: the graph's input is the picture divided by its stride
+PROBE_PICTURE = (512, 768)
+PROBE_STRIDES = {"g_a": 1, "h_a": 16, "g_s": 16, "h_s": 64}
+PROBE_RUNS = 3
 #: precisions each runtime offers (the first is the default)
 PRECISIONS = {"ort": ("fp32",), "openvino": ("fp32", "bf16")}
 #: the float hyper-decoder's runtime as stored in format-4 files; 0 is what formats 1-2 imply
@@ -88,8 +99,14 @@ def runtime_of(provider: str, runtime: str | None) -> str:
     the OpenVINO runtime; anything else runs on ONNX Runtime unless `runtime` says so."""
     if runtime is None:
         return "openvino" if provider.lower() == "openvino" else "ort"
-    if runtime not in RUNTIMES:
-        raise RecipeError(f"runtime {runtime!r} is not known; allowed: {', '.join(RUNTIMES)}")
+    if runtime not in (*RUNTIMES, AUTO):
+        allowed = ", ".join((*RUNTIMES, AUTO))
+        raise RecipeError(f"runtime {runtime!r} is not known; allowed: {allowed}")
+    if runtime == AUTO and PROVIDERS.get(provider.lower(), provider) != "CPUExecutionProvider":
+        raise RecipeError(
+            f"runtime auto compares ONNX Runtime's CPU provider with OpenVINO on the CPU; "
+            f"provider {provider!r} is not the CPU: use --runtime ort with it"
+        )
     return runtime
 
 
@@ -213,3 +230,41 @@ def _ov_capabilities() -> tuple[str, ...]:
 def _first(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def auto_session(path: Path, threads: int | None, optimization: str = "all") -> tuple[Any, str]:
+    """Runtime "auto" for one graph: (session, "ort" | "openvino"), the faster of the two on
+    this machine. Both open the same file (a QDQ INT8 graph runs INT8 in both; the f32 hint
+    keeps float graphs float) and run a Kodak-sized input, the best of PROBE_RUNS after one
+    warm-up each, interleaved. ONNX Runtime without OpenVINO installed (the torch-free wheel
+    without its [openvino] extra) or for a graph with no probe input (PROBE_STRIDES)."""
+    first = Backend("ort", "fp32", "cpu", threads, optimization).session(path)
+    feeds = probe_feeds(path.stem, first)
+    if feeds is None or not openvino_installed():
+        return first, "ort"
+    second = Backend("openvino", "fp32", "cpu", threads).session(path)
+    best = {"ort": float("inf"), "openvino": float("inf")}
+    for _ in range(PROBE_RUNS + 1):  # the first round warms both up; it is timed, not trusted
+        for name, session in (("ort", first), ("openvino", second)):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return (first, "ort") if best["ort"] <= best["openvino"] else (second, "openvino")
+
+
+def probe_feeds(graph: str, session: Any) -> dict[str, np.ndarray] | None:
+    """The input `graph` takes from a PROBE_PICTURE-sized picture (seeded noise), or None."""
+    inputs = session.get_inputs()
+    stride = PROBE_STRIDES.get(graph)
+    if stride is None or len(inputs) != 1 or len(inputs[0].shape) != 4:
+        return None
+    channels = inputs[0].shape[1]
+    if not isinstance(channels, int):
+        return None
+    h, w = (-(-side // stride) for side in PROBE_PICTURE)
+    noise = np.random.default_rng(0).standard_normal((1, channels, h, w)).astype(np.float32)
+    return {inputs[0].name: noise}
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None

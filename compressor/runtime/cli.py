@@ -92,10 +92,12 @@ provider_option = click.option(
 )
 runtime_option = click.option(
     "--runtime",
-    type=click.Choice(["ort", "openvino"]),
+    type=click.Choice(["ort", "openvino", "auto"]),
     default=None,
     help="What runs the graphs: ONNX Runtime or OpenVINO [default: ort, openvino with "
-    "--provider openvino]. Decode a float-path file with the runtime that encoded it.",
+    "--provider openvino]; auto: each graph on the faster of the two here, timed when the "
+    "codec loads (about a second a graph; the float h_s stays on ort). Decode a float-path "
+    "file with the runtime that encoded it.",
 )
 precision_option = click.option(
     "--precision",

@@ -38,11 +38,13 @@ from compressor.runtime import container, image, tiles
 from compressor.runtime import integer as ri
 from compressor.runtime import manifest as mf
 from compressor.runtime.backends import (  # re-exported: their home used to be this module
+    AUTO,
     OPTIMIZATION,
     PROVIDERS,
     TAGS,
     Backend,
     OvSession,
+    auto_session,
     providers_for,
     runtime_of,
     session_options,
@@ -81,18 +83,27 @@ class OrtCodec:
         self.model_id = bytes.fromhex(self.manifest.model_id[: 2 * container.MODEL_ID_BYTES])
         self.pad_multiple = self.manifest.pad_multiple
         runtime = runtime_of(provider, runtime)
+        if runtime == AUTO and precision != "fp32":
+            raise RecipeError(f"runtime auto runs fp32 hints only (got precision {precision!r})")
+        base = "ort" if runtime == AUTO else runtime  # auto: the float h_s stays on ORT
         self.backend = Backend(
-            runtime, precision, provider if runtime == "ort" else "cpu", threads, optimization
+            base, precision, provider if base == "ort" else "cpu", threads, optimization
         )
-        self.provider = provider if runtime == "ort" else self.backend.tag
+        self.provider = provider if runtime != "openvino" else self.backend.tag
         self.threads = threads
         self.name = (
             f"onnx:{self.folder.name}" if runtime == "ort" else f"{runtime}:{self.folder.name}"
         )
         #: one session per graph, each with ONNX Runtime's interface (backends.OvSession too)
-        self.sessions = {
-            g: self.backend.session(self.folder / f"{g}.onnx") for g in mf.GRAPHS[self.kind]
-        }
+        self.sessions: dict[str, Any] = {}
+        #: which runtime runs each graph (runtime "auto" chose them by timing them here)
+        self.runtimes: dict[str, str] = {}
+        for g in mf.GRAPHS[self.kind]:
+            path = self.folder / f"{g}.onnx"
+            if runtime == AUTO and g != "h_s":
+                self.sessions[g], self.runtimes[g] = auto_session(path, threads, optimization)
+            else:
+                self.sessions[g], self.runtimes[g] = self.backend.session(path), base
         self._load_tables(self.folder / mf.TABLES)
         #: the integer hyper-decoder (decodes format 3 files), None in a float-only export
         self.integer: ri.IntegerHyper | None = None

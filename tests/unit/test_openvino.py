@@ -156,3 +156,67 @@ def test_int8_qdq_graph_runs_in_openvino_as_it_is(exported: Path, tmp_path: Path
     # both run the same quantized graph; they differ by rounding, far less than from fp32
     assert np.abs(a - b).max() <= 0.1 * scale
     assert np.abs(b - fp).max() > 0  # it really is the quantized graph
+
+
+def test_runtime_auto_keeps_the_faster_runtime_per_graph(
+    exported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # which runtime is faster is this machine's business: the clock is replaced so that
+    # OpenVINO wins g_s only, and the choice must follow the times, graph by graph
+    ticks = {"now": 0.0}
+    slow = {("ort", "g_s"), ("openvino", "g_a"), ("openvino", "h_a")}
+    real_run = {}
+
+    def timed(kind: str, graph: str, session: object) -> None:
+        run = session.run  # type: ignore[attr-defined]
+        real_run[(kind, graph)] = run
+
+        def run_and_tick(names: object, feeds: dict) -> list:
+            ticks["now"] += 2.0 if (kind, graph) in slow else 1.0
+            return run(names, feeds)
+
+        session.run = run_and_tick  # type: ignore[attr-defined]
+
+    real_session = be.Backend.session
+
+    def session(self: be.Backend, path: Path) -> object:
+        s = real_session(self, path)
+        if not isinstance(s, be.OvSession):
+            s = _Wrapped(s)  # ORT's InferenceSession takes no new attributes
+        timed(self.runtime, path.stem, s)
+        return s
+
+    monkeypatch.setattr(be.Backend, "session", session)
+    monkeypatch.setattr(be.time, "perf_counter", lambda: ticks["now"])
+    codec = load_codec(exported, threads=1, runtime="auto")
+    assert codec.runtimes == {"g_a": "ort", "h_a": "ort", "h_s": "ort", "g_s": "openvino"}
+    assert isinstance(codec.sessions["g_s"], be.OvSession)
+    assert codec.name.startswith("auto:") and codec.backend.tag == "ort-fp32"
+    # every graph was timed in both runtimes but h_s (ORT: it picks a float file's indexes)
+    assert {g for _, g in real_run} == {"g_a", "h_a", "g_s", "h_s"}
+    assert ("openvino", "h_s") not in real_run
+    # the codec works as any other: the file decodes with the plain ORT codec too
+    rgb8 = smooth_image(96, 128, seed=4)
+    data = codec.encode(rgb8)
+    plain = OrtCodec(exported, threads=1)
+    assert np.abs(plain.decode(data).astype(int) - codec.decode(data).astype(int)).max() <= 1
+
+
+class _Wrapped:
+    """An ONNX Runtime session whose run() a test may replace."""
+
+    def __init__(self, session: object) -> None:
+        self._s = session
+        self.run = session.run  # type: ignore[attr-defined]
+
+    def get_inputs(self) -> list:
+        return self._s.get_inputs()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_runtime_auto_refusals(exported: Path) -> None:
+    with pytest.raises(RecipeError, match="provider 'cuda' is not the CPU"):
+        load_codec(exported, provider="cuda", runtime="auto")
+    with pytest.raises(RecipeError, match="fp32 hints only"):
+        load_codec(exported, runtime="auto", precision="bf16")
+    with pytest.raises(RecipeError, match="allowed: ort, openvino, auto"):
+        load_codec(exported, runtime="tvm")
