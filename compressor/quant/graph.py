@@ -122,3 +122,43 @@ def resolve_keep_float(
                 )
             keep[graph].add(what)
     return keep
+
+
+def int8_movers(model: onnx.ModelProto, convs: set[str], movers: set[str]) -> set[str]:
+    """Names of the `movers`-type nodes that sit between INT8 convolutions: every input
+    comes from a Conv of `convs` (its output is quantized already) or every consumer is one
+    (its input would be quantized anyway), directly or through a chain of such movers.
+
+    Only these are worth quantizing: the tensor is 8-bit on one side already, so running the
+    mover on uint8 loses nothing, while a mover between float tensors (a kept-float Conv, an
+    activation, a constant) would have them rounded to 8 bits for no MAC saved."""
+    producers, consumers = _producers(model), _consumers(model)
+    nodes = [n for n in model.graph.node if n.op_type in movers]
+    fed: set[str] = set()
+    for node in nodes:  # topological order: a chain's head is seen first
+        srcs = [producers.get(name) for name in node.input if name]
+        if srcs and all(s is not None and (s.name in convs or s.name in fed) for s in srcs):
+            fed.add(node.name)
+    feeding: set[str] = set()
+    for node in reversed(nodes):  # a chain's tail first
+        users = [u for out in node.output for u in consumers.get(out, [])]
+        if users and all(u.name in convs or u.name in feeding for u in users):
+            feeding.add(node.name)
+    return fed | feeding
+
+
+def chained(model: onnx.ModelProto, starts: set[str], ops: set[str]) -> set[str]:
+    """Names of the `ops`-type nodes joined to a node of `starts` through a chain of such
+    nodes, in either direction (what a kept-float Conv's output or input flows through)."""
+    producers, consumers = _producers(model), _consumers(model)
+    todo = [n for n in model.graph.node if n.name in starts]
+    found: set[str] = set()
+    while todo:
+        node = todo.pop()
+        near = [producers[i] for i in node.input if i in producers]
+        near += [u for out in node.output for u in consumers.get(out, [])]
+        for other in near:
+            if other.op_type in ops and other.name not in found:
+                found.add(other.name)
+                todo.append(other)
+    return found
