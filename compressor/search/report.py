@@ -27,12 +27,11 @@ from compressor import pipeline
 from compressor.errors import CompressorError
 from compressor.fsutil import atomic_file, write_text
 from compressor.progress import Reporter
-from compressor.quant.rank_cache import ranking_cache
 from compressor.recipe import parse_recipe
 from compressor.search.engine import SearchResult, TrialRecord
 from compressor.search.plan import SearchPlan, trial_raw
 from compressor.search.spec import PARETO_AXES
-from compressor.search.trial import rankings
+from compressor.search.trial import shared_work
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,7 @@ def final_check(sp: SearchPlan, best: dict[str, Any], out: Path, reporter: Repor
         recipe = parse_recipe(best, "best.yaml")
         resume = out.is_dir() and any(out.iterdir())
         p = pipeline.plan(recipe, out, source="best.yaml", raw=best, overwrite=resume)
-        with ranking_cache(rankings(out.parent)):  # the trials' rankings: the same layers kept
+        with shared_work(out.parent):  # the trials' rankings and fine-tunes: the same codec
             run = pipeline.run(p, reporter)
     except CompressorError as e:
         return {"passed": False, "error": pipeline.one_line(e)}

@@ -16,10 +16,12 @@ BD-rate; measure_family says how its members' figures make one outcome.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,14 +137,22 @@ def rankings(search: Path) -> Path:
     return search / "cache" / "sensitivity"
 
 
+@contextlib.contextmanager
+def shared_work(search: Path) -> Iterator[None]:
+    """What the runs of a search share, open around each: the sensitivity rankings and the
+    finished expensive steps (compressor.step_cache). The final check runs inside it too, so
+    it checks the chosen trial's own fine-tuned model, not a second fine-tune of it."""
+    with ranking_cache(rankings(search)), shared_steps(search / "cache" / "steps"):
+        yield
+
+
 def run_trial(raw: dict[str, Any], folder: Path, objective: str, reporter: Reporter) -> Outcome:
     """Run one trial recipe into `folder` (resuming it if a killed search left it there).
     `folder` is <search>/trials/NAME: the search's ranking cache is open while it runs."""
     recipe = parse_recipe(raw, f"trial {folder.name}")
     resume = folder.is_dir() and any(folder.iterdir())
     p = pipeline.plan(recipe, folder, source=f"trial {folder.name}", raw=raw, resume=resume)
-    search = folder.parent.parent
-    with ranking_cache(rankings(search)), shared_steps(search / "cache" / "steps"):
+    with shared_work(folder.parent.parent):
         result = pipeline.run(p, reporter)
     return measure(result, objective)
 

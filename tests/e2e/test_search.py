@@ -303,7 +303,8 @@ def test_trials_sharing_a_fine_tune_run_it_once(
     tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # two trials that differ only after the fine-tune (the validate repeats): the second
-    # takes the first's prune and fine-tune from <search>/cache/steps (compressor.step_cache)
+    # takes the first's prune and fine-tune from <search>/cache/steps (compressor.step_cache),
+    # and so does the final check of the chosen one on the evaluation images
     import dataclasses
 
     from compressor.steps import STEPS
@@ -323,7 +324,6 @@ def test_trials_sharing_a_fine_tune_run_it_once(
         "sampler": "brute-force",
         "max_trials": 2,
         "constraints": {"max_psnr_drop_db": 100.0},
-        "final_check": False,
     }
     r = search_recipe(tmp_path, tiny_ckpt, block, steps)
     data = yaml.safe_load(r.read_text())
@@ -332,13 +332,14 @@ def test_trials_sharing_a_fine_tune_run_it_once(
     out = tmp_path / "search"
     result = search(str(r), "--output", str(out))
     assert result.exit_code == 0, result.output
-    assert calls == ["ft"]  # the second trial did not fine-tune
+    assert calls == ["ft"]  # neither the second trial nor the final check fine-tuned
     stored = sorted(p.name.split("-")[0] for p in (out / "cache" / "steps").iterdir())
     assert stored == ["finetune", "prune"]
-    first, second = (out / "trials" / n / "02_finetune" for n in ("0000", "0001"))
-    assert sorted(f.name for f in first.iterdir()) == sorted(f.name for f in second.iterdir())
-    for f in first.iterdir():
-        if f.is_file():
-            assert f.read_bytes() == (second / f.name).read_bytes(), f.name
+    first = out / "trials" / "0000" / "02_finetune"
+    for other in (out / "trials" / "0001" / "02_finetune", out / "final" / "02_finetune"):
+        assert sorted(f.name for f in first.iterdir()) == sorted(f.name for f in other.iterdir())
+        for f in first.iterdir():
+            if f.is_file():
+                assert f.read_bytes() == (other / f.name).read_bytes(), f.name
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 2 and not any(row["error"] for row in rows), rows
