@@ -19,6 +19,12 @@ from compressor.cli.common import handle_errors, resume_options
 )
 @click.option("--max-trials", type=int, default=None, help="Override search.max_trials.")
 @click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Override search.max_minutes (the whole search's: --resume gets what is left).",
+)
+@click.option(
     "--ray",
     "ray_address",
     metavar="auto|HOST:PORT",
@@ -32,6 +38,7 @@ def search(
     recipe: Path,
     output: Path | None,
     max_trials: int | None,
+    max_minutes: float | None,
     ray_address: str | None,
     resume: bool,
     overwrite: bool,
@@ -53,6 +60,8 @@ def search(
     plan = load_search(recipe, output, resume=resume, overwrite=overwrite)
     if max_trials is not None:
         plan.spec = plan.spec.model_copy(update={"max_trials": max(1, max_trials)})
+    if max_minutes is not None:
+        plan.spec = plan.spec.model_copy(update={"max_minutes": max_minutes})
     result = run_search(plan, RichReporter(), ray=ray_address)
     rows = [
         [

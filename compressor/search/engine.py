@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 STUDY = "search"
 #: the expensive steps a screen leaves out of a trial's one-shot run
 SCREENED_STEPS = ("finetune",)
+#: the study's user attribute holding the seconds its runs spent searching (max_minutes)
+ELAPSED = "elapsed_s"
 #: consecutive proposals of parameter sets already measured before the space counts as done
 MAX_REPEATS = 25
 
@@ -188,7 +190,9 @@ def _study(
     _recover(study)
     cache = Cache(work / "cache")
     sources = [s for s in (sp.images, sp.recipe.data.train, sp.recipe.data.calibration) if s]
-    deadline = time.monotonic() + sp.spec.max_minutes * 60 if sp.spec.max_minutes else None
+    # max_minutes is the whole search's: a resumed one has what the earlier runs left of it
+    spent, started = float(study.user_attrs.get(ELAPSED, 0.0)), time.monotonic()
+    deadline = started + sp.spec.max_minutes * 60 - spent if sp.spec.max_minutes else None
     ran = sum(1 for t in study.get_trials(deepcopy=False) if t.user_attrs.get("counted"))
     state = {"repeats": 0, "done": False}
     reporter.start("searching", sp.spec.max_trials)
@@ -218,6 +222,7 @@ def _study(
             _tell(study, pending.trial, outcome, sp.spec)
         for trial, key in held:
             _tell(study, trial, Outcome.from_json((cache.get(key) or {})["outcome"]), sp.spec)
+        study.set_user_attr(ELAPSED, spent + time.monotonic() - started)
     reporter.finish()
     return _records(study, TrialState)
 

@@ -186,6 +186,11 @@ def test_a_killed_search_resumes_without_repeating_a_trial(tiny_ckpt: Path, tmp_
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 5 and len({(row["folder"]) for row in rows}) == 5
     assert first.stat().st_mtime_ns == kept
+    # the time budget is the whole search's: the minutes already spent are not given again
+    spent = search(str(r), "--output", str(out), "--resume", "--max-trials", "9",
+                   "--max-minutes", "0.001")  # fmt: skip
+    assert spent.exit_code == 0, spent.output
+    assert len(list(csv.DictReader((out / "trials.csv").open()))) == 5
     # resuming with another space would mix two searches in one study: refused at plan time
     changed = yaml.safe_load(r.read_text())
     changed["search"]["space"]["steps.prune.importance"] = ["l1", "random"]
