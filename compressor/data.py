@@ -119,6 +119,18 @@ def load_folder(folder: Path, minimum: int = 1) -> list[np.ndarray]:
     return [read_checked(p) for p in image_paths(folder, minimum)]
 
 
+def training_images(folder: Path, exclude: list[str] | None = None) -> list[np.ndarray]:
+    """The images a train loop may use: the folder's, less the named ones (held out)."""
+    held = set(exclude or ())
+    paths = [p for p in image_paths(folder) if p.name not in held]
+    if len(paths) < 2:
+        raise DataError(
+            f"training needs at least 2 images; {folder} has {len(paths)} once "
+            f"{len(held)} held-out images are left out"
+        )
+    return [read_checked(p) for p in paths]
+
+
 #: scikit-image's bundled colour photos (no download): the embedded default's evaluation set,
 #: and a disjoint set for calibration, so nothing is calibrated on the images it is judged on
 SKIMAGE_SETS = {

@@ -58,6 +58,11 @@ class TrainConfig(BaseModel):
     lr_patience: int = Field(3, ge=1, description="evaluations without improvement before LR/2")
     clip_max_norm: float = Field(1.0, ge=0)
     seed: int = 0
+    exclude_images: list[str] = Field(
+        default_factory=list,
+        description="file names in the training folder never trained on (a search holds its "
+        "trial images out this way)",
+    )
     threads: int | None = Field(None, ge=1)
 
 

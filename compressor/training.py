@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from compressor import checkpoint, distributed
-from compressor.data import load_folder
+from compressor.data import training_images
 from compressor.errors import CheckpointError, RecipeError
 from compressor.models import MODELS, CodecAdapter
 from compressor.options import parse_pairs
@@ -95,7 +95,7 @@ def train_model(
     meta = dict(getattr(model, "meta", {}) or {})
     lmbda = default_lambda(quality, meta)
     cfg = TrainConfig.model_validate({**({"lmbda": lmbda} if lmbda else {}), **overrides})
-    images = load_folder(data, minimum=2)
+    images = training_images(data, cfg.exclude_images)
     meta.update({"quality": quality, "data": str(data)})
     return train(
         model,

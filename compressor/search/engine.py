@@ -241,7 +241,7 @@ def _ask(
     added to `batch` to run."""
     trial = study.ask()
     values = suggest(trial, sp.spec)
-    raw = trial_raw(sp.raw, values, sp.spec, sp.images)
+    raw = trial_raw(sp.raw, values, sp.spec, sp.images, sp.holdout)
     raw["name"] = f"{sp.recipe.name}-trial"
     key = cache_key(raw, sp.model, sources)
     entry = cache.get(key)

@@ -49,6 +49,8 @@ class SearchPlan:
     model: Path  # a family's first member
     #: a family's members (every trial runs the recipe on each); empty for one model
     members: list[Path] = field(default_factory=list)
+    #: training images no fine-tune of the search trains on: the trials measure on them
+    holdout: list[str] = field(default_factory=list)
 
 
 def load_search(
@@ -99,12 +101,34 @@ def plan_search(
     for path, choices in spec.space.items():
         for value in choices_to_check(choices):
             check_choice(raw, path, value, source, members)
-    trial = trial_raw(raw, {}, spec, images)
+    held = search_holdout(spec, recipe, images, source)
+    trial = trial_raw(raw, {}, spec, images, held)
     check_recipe(trial, f"{source} (a trial)", members)
-    sp = SearchPlan(spec, raw, recipe, source, base.run_dir, base.mode, images, base.model, members)
+    sp = SearchPlan(
+        spec, raw, recipe, source, base.run_dir, base.mode, images, base.model, members, held
+    )
     if sp.mode == "resume":
         check_same_search(sp)
     return sp
+
+
+def search_holdout(spec: SearchSpec, recipe: Recipe, images: str, source: str) -> list[str]:
+    """The trial images' names when they are training images of a fine-tune: a model trained
+    on the photos it is measured on looks better there than on any other (measured: prune
+    70% + a 5-minute fine-tune lost 0.09 dB on 8 training photos, 0.66 dB on Kodak), so
+    the fine-tunes leave them out."""
+    train = recipe.data.train
+    if train is None or not _same_source(images, train):
+        return []
+    if not any(name == "finetune" for name, _ in recipe.steps):
+        return []
+    if spec.max_images is None:
+        raise RecipeError(
+            f"{source}: the search images are the fine-tune's training images, and every one "
+            "of them is measured: set search.max_images (those are then held out of the "
+            "fine-tune) or point search.images at other photos"
+        )
+    return [p.name for p in image_paths(images)[: spec.max_images]]
 
 
 #: the hash of the recipe and search block a search folder was made with
@@ -188,14 +212,24 @@ def check_recipe(data: dict[str, Any], source: str, members: list[Path] | None =
 
 
 def trial_raw(
-    raw: dict[str, Any], values: dict[str, Any], spec: SearchSpec, images: str | None
+    raw: dict[str, Any],
+    values: dict[str, Any],
+    spec: SearchSpec,
+    images: str | None,
+    holdout: list[str] | None = None,
 ) -> dict[str, Any]:
     """The recipe of one trial (images: the search images) or of the result (images None:
     the recipe's own, i.e. data.eval): the choices set, the constraints as the last validate
-    step's gates, no output of its own (the search gives it one)."""
+    step's gates, no output of its own (the search gives it one), and the fine-tunes told to
+    leave the `holdout` images (search_holdout) out, the chosen recipe's as well as a trial's:
+    best.yaml reproduces the model the trials measured."""
     out = materialise(raw, values, "recipe")
     out.pop("output", None)
     steps = out["steps"]
+    for i, step in enumerate(steps):
+        ((name, params),) = step.items()
+        if name == "finetune" and holdout and "exclude_images" not in (params or {}):
+            steps[i] = {name: {**(params or {}), "exclude_images": list(holdout)}}
     last = max(i for i, s in enumerate(steps) if isinstance(s, dict) and "validate" in s)
     if spec.constraints is not None:
         params = dict(steps[last]["validate"] or {})

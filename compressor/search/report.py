@@ -84,7 +84,7 @@ def finish(
     front = pareto_front(records)
     result = SearchResult(work, records, chosen, False, front)
     if chosen is not None:
-        best = trial_raw(sp.raw, chosen.values, sp.spec, None)
+        best = trial_raw(sp.raw, chosen.values, sp.spec, None, sp.holdout)
         best["name"] = f"{sp.recipe.name}-best"
         write_text(work / "best.yaml", _best_yaml(sp, chosen, best))
         result.final = (

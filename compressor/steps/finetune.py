@@ -12,7 +12,7 @@ from pydantic import Field
 
 from compressor import checkpoint, distributed
 from compressor.artifact import Artifact
-from compressor.data import image_paths, load_folder
+from compressor.data import image_paths, training_images
 from compressor.errors import RecipeError
 from compressor.steps import RunContext, StepSpec, register
 from compressor.train import TrainConfig, TrainResult, train, trained_lambda
@@ -38,7 +38,7 @@ def run(params: FinetuneParams, ctx: RunContext, art: Artifact, out: Path) -> Ar
     if params.processes > 1:
         result = _data_parallel(params, cfg, ctx, art, out, model.arch)
     else:
-        images = load_folder(Path(str(ctx.recipe.data.train)), minimum=2)
+        images = training_images(Path(str(ctx.recipe.data.train)), cfg.exclude_images)
         result = train(
             model, images, cfg, out / "model.pt", resume=False, meta=meta, reporter=ctx.reporter
         )

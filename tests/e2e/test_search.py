@@ -348,3 +348,40 @@ def test_trials_sharing_a_fine_tune_run_it_once(
                 assert f.read_bytes() == (other / f.name).read_bytes(), f.name
     rows = list(csv.DictReader((out / "trials.csv").open()))
     assert len(rows) == 2 and not any(row["error"] for row in rows), rows
+
+
+def test_trial_images_that_are_training_images_are_held_out_of_the_fine_tune(
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    steps = [
+        {"prune": {**PRUNE, "latency_repeats": 0}},
+        {"finetune": FINETUNE},
+        {"validate": {"repeats": 1}},
+    ]
+    block = {
+        "space": {"steps.prune.importance": ["l1"]},
+        "max_trials": 1,
+        "max_images": 1,
+        "constraints": {"max_psnr_drop_db": 100.0},
+    }
+    r = search_recipe(tmp_path, tiny_ckpt, block, steps)
+    data = yaml.safe_load(r.read_text())
+    cal = write_images(tmp_path / "cal", [(64, 64), (80, 64), (96, 96)], seed=11)
+    data["data"]["train"] = str(cal)  # the search images (data.calibration) are these too
+    r.write_text(yaml.safe_dump(data, sort_keys=False))
+    out = tmp_path / "search"
+    result = search(str(r), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    measured = json.loads((out / "trials/0000/03_validate/report.json").read_text())["images"]
+    assert [row["image"] for row in measured["candidate"]] == ["img0.png"]
+    for folder in ("trials/0000", "final"):
+        params = json.loads((out / folder / "02_finetune/manifest.json").read_text())["params"]
+        assert params["exclude_images"] == ["img0.png"]  # measured, so never trained on
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["steps"][1]["finetune"]["exclude_images"] == ["img0.png"]
+    # measuring every training image would leave the fine-tune nothing: refused up front
+    data["search"]["max_images"] = None
+    r.write_text(yaml.safe_dump(data, sort_keys=False))
+    refused = search(str(r), "--output", str(tmp_path / "other"))
+    assert refused.exit_code == 2 and "set search.max_images" in refused.stderr
+    assert refused.stderr.count("\n") == 1 and not (tmp_path / "other").exists()
