@@ -1,8 +1,8 @@
 """ONNX Runtime static post-training quantization (QDQ) of an export folder's graphs.
 
 Conv nodes hold nearly all the MACs, and ONNX Runtime fuses DequantizeLinear -> Conv ->
-QuantizeLinear into QLinearConv. The data movement (`MOVERS`) and the (I)GDN multiply
-(`SCALERS`) between INT8 convolutions are quantized too, so ORT runs them on uint8. The
+QuantizeLinear into QLinearConv; `int8_gdn: true` quantizes the (I)GDN multiply (`SCALERS`)
+between INT8 convolutions too, so ORT runs it on uint8 (not the default: OpenVINO). The
 decoder must be the *rewritten* export (ConvTranspose -> Conv + PixelShuffle): ORT has no
 integer transposed convolution on CPU, so a quantized ConvTranspose stays float between Q/DQ
 pairs and runs slower than plain float (DESIGN.md). Calibration runs once per graph into a
@@ -41,25 +41,21 @@ METHODS = {
 }
 TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
 #: ops that only move bytes. The phase-decomposed decoder (export.rewrites.PhaseConv) joins
-#: its 4 phase convs by Concat -> DepthToSpace; left float, ORT dequantizes 4 INT8 outputs,
-#: concatenates and shuffles 4-byte floats and quantizes again. Quantized, ORT fuses the
-#: Concat into QLinearConcat and drops the Q/DQ pair around DepthToSpace (equal scales: the
-#: same values permuted), so both move uint8. Quantized only where every input is an INT8
-#: Conv's output or every consumer an INT8 Conv (graph.int8_movers): no tensor is rounded
-#: that INT8 did not round already, and a kept-float Conv keeps its float neighbours.
+#: its 4 phase convs by Concat -> DepthToSpace. Quantized, ORT fuses QLinearConcat and moves
+#: uint8 through DepthToSpace (bundled g_s 196 vs 201 ms with SCALERS alone, 1 thread), but
+#: OpenVINO 2025 then refuses the whole graph (its low-precision DepthToSpace transformation
+#: fails on the per-channel dequantization it makes of the Concat, even with one scale on
+#: every input). They stay float: they only count where a kept-float Conv's output flows.
 MOVERS = ("Concat", "DepthToSpace")
-#: (I)GDN's x * normaliser, quantized under the same rule: its output feeds INT8 convs, so
-#: ORT fuses QLinearMul and keeps the whole IGDN in NHWC uint8 but its Sqrt (the float
-#: Transposes around it cost as much as the Concat + DepthToSpace did). The one new rounding
-#: is the normaliser's: measured on Kodak, bundled hyperprior, g_s 168 vs 196 ms at -0.02 dB
-#: PSNR, same bpp.
+#: (I)GDN's x * normaliser, quantized with `int8_gdn: true` where one side is INT8 already
+#: (graph.int8_movers): its output feeds INT8 convs, so ORT fuses QLinearMul and keeps the IGDN
+#: in NHWC uint8 but its Sqrt (the float Transposes around it cost more than the multiply).
+#: The one new rounding is the normaliser's: measured on Kodak 1-6, bundled hyperprior,
+#: -0.02 dB PSNR, same bpp; ORT g_s 201 vs 245 ms. Not the default: OpenVINO runs that graph
+#: slower (139 vs 124 ms), and the torch backends' fake-quant does not model the rounding.
 SCALERS = ("Mul",)
-#: op types handed to ORT's quantizer
-OP_TYPES = ("Conv", *MOVERS, *SCALERS)
-#: ... when the ranges come from torch (TensorQuantOverrides: inc-static, qat): only what
-#: rounds nothing new. Their fake-quant models each Conv's input and output, not a Concat's
-#: requantization nor the normaliser's rounding, and the INT8 graph must compute what it did.
-OVERRIDE_OP_TYPES = ("Conv", "DepthToSpace")
+#: op types handed to ORT's quantizer (int8_gdn adds SCALERS)
+OP_TYPES = ("Conv",)
 
 
 @dataclass
@@ -164,7 +160,7 @@ def _quantize_static(
     extra: dict[str, Any],
 ) -> None:
     cal = params.calibration
-    ops = OVERRIDE_OP_TYPES if "TensorQuantOverrides" in extra else OP_TYPES
+    ops = (*OP_TYPES, *SCALERS) if params.int8_gdn else OP_TYPES
     excluded = set(job.keep if keep is None else keep) | _float_movers(job, keep, only, ops)
     quantize_static(
         str(job.source),
@@ -186,8 +182,8 @@ def _quantize_static(
 def _float_movers(
     job: GraphJob, keep: set[str] | None, only: list[str] | None, op_types: tuple[str, ...]
 ) -> set[str]:
-    """The MOVERS and SCALERS nodes to leave in float: those not between INT8 Convs. With `only`
-    (nodes_to_quantize) ORT quantizes nothing outside it, so there is nothing to exclude."""
+    """The non-Conv nodes of `op_types` (SCALERS) to leave in float: those not between INT8
+    Convs. With `only` (nodes_to_quantize) ORT quantizes nothing outside it: none to exclude."""
     if only is not None:
         return set()
     model = job.model()
@@ -195,8 +191,10 @@ def _float_movers(
     convs = set(qg.conv_names(model)) - kept
     ops = set(op_types) - {"Conv"}
     movers = {n.name for n in model.graph.node if n.op_type in ops}
-    # a kept Conv's float output (or input) stays float until the next INT8 Conv rounds it
-    return movers - qg.int8_movers(model, convs, ops) | qg.chained(model, kept, ops)
+    # a kept Conv's float output (or input) stays float until the next INT8 Conv rounds it,
+    # through the (float) data movement as well
+    near_kept = qg.chained(model, kept, ops | set(MOVERS)) & movers
+    return movers - qg.int8_movers(model, convs, ops) | near_kept
 
 
 def prepare_jobs(

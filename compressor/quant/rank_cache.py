@@ -43,6 +43,7 @@ KEY_PARAMS: dict[str, Any] = {
     "activation_type": True,
     "weight_type": True,
     "preprocess": True,
+    "int8_gdn": True,
 }
 
 

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-from compressor.errors import BitstreamError, RecipeError
+from compressor.errors import BitstreamError, CheckpointError, RecipeError
 from compressor.export import export_model
 from compressor.metrics.psnr import psnr
 from compressor.pipeline import check_provider
@@ -220,3 +220,16 @@ def test_runtime_auto_refusals(exported: Path) -> None:
         load_codec(exported, runtime="auto", precision="bf16")
     with pytest.raises(RecipeError, match="allowed: ort, openvino, auto"):
         load_codec(exported, runtime="tvm")
+
+
+def test_runtime_auto_falls_back_to_ort_where_openvino_refuses_a_graph(
+    exported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: object, path: Path, *args: object) -> None:
+        raise CheckpointError(f"{path} cannot be loaded by OpenVINO (refused)")
+
+    monkeypatch.setattr(be.OvSession, "__init__", refuse)
+    codec = load_codec(exported, threads=1, runtime="auto")
+    assert set(codec.runtimes.values()) == {"ort"}
+    rgb8 = smooth_image(64, 64, seed=1)
+    assert codec.decode(codec.encode(rgb8)).shape == rgb8.shape

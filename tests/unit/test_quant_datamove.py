@@ -1,9 +1,11 @@
-"""The data movement between INT8 convolutions (Concat, DepthToSpace) runs on uint8.
+"""Between INT8 convolutions: what ort-static quantizes besides the Convs.
 
 The phase-decomposed decoder (export.rewrites.PhaseConv) joins each former deconvolution's
-phase convs by Concat -> DepthToSpace. ort-static quantizes them (ort_static.MOVERS) so ONNX
-Runtime fuses QLinearConcat and drops the equal-scale Q/DQ pair around DepthToSpace; a
-kept-float Conv keeps its movers float.
+phase convs by Concat -> DepthToSpace, with an IGDN between stages. By default only Convs are
+quantized, and the graph loads in OpenVINO too. `int8_gdn: true` also quantizes the IGDN's
+multiplies (ort_static.SCALERS) so ONNX Runtime fuses QLinearMul; the Concat and
+DepthToSpace stay float either way (ort_static.MOVERS); a kept-float Conv keeps its
+neighbours float.
 """
 
 from __future__ import annotations
@@ -73,48 +75,58 @@ def ort_optimized(path: Path, tmp: Path) -> onnx.ModelProto:
     return onnx.load(opts.optimized_model_filepath)
 
 
-def test_movers_are_qdq_wrapped_with_shared_scales(phase_export: Path, tmp_path: Path) -> None:
+def quantized(model: onnx.ModelProto, op: str) -> set[str]:
+    """Names of the `op` nodes ORT wrapped in Q/DQ: every input dequantized, output quantized."""
+    wrapped = set()
+    for n in nodes(model, op):
+        srcs, users = neighbours(model, n)
+        if set(srcs) == {"DequantizeLinear"} and users == ["QuantizeLinear"]:
+            wrapped.add(n.name)
+    return wrapped
+
+
+def test_only_convs_by_default(phase_export: Path, tmp_path: Path) -> None:
     float_gs = onnx.load(phase_export / "g_s.onnx")
     n_cat, n_d2s = len(nodes(float_gs, "Concat")), len(nodes(float_gs, "DepthToSpace"))
     assert n_cat == 4 and n_d2s == 4  # one per former ConvTranspose
     g_s = quantize(phase_export, tmp_path / "q")
     assert qg.float_convs(g_s) == []
-    for node in nodes(g_s, "Concat") + nodes(g_s, "DepthToSpace"):
-        srcs, users = neighbours(g_s, node)
-        assert set(srcs) == {"DequantizeLinear"} and len(srcs) == len(node.input), node.name
-        assert users == ["QuantizeLinear"], node.name
-    prod = {o: n for n in g_s.graph.node for o in n.output}
-    users = {i: n for n in g_s.graph.node for i in n.input}
-    for d2s in nodes(g_s, "DepthToSpace"):  # equal scale and zero point: ORT drops the pair
-        assert qparams(g_s, prod[d2s.input[0]]) == qparams(g_s, users[d2s.output[0]])
+    for op in ("Mul", "Concat", "DepthToSpace"):
+        assert quantized(g_s, op) == set(), op
 
 
-def test_ort_runs_movers_on_uint8(phase_export: Path, tmp_path: Path) -> None:
-    quantize(phase_export, tmp_path / "q")
+def test_int8_gdn_quantizes_the_igdn_multiplies_only(phase_export: Path, tmp_path: Path) -> None:
+    float_gs = onnx.load(phase_export / "g_s.onnx")
+    g_s = quantize(phase_export, tmp_path / "q", int8_gdn=True)
+    assert qg.float_convs(g_s) == []
+    assert quantized(g_s, "Mul") == {n.name for n in nodes(float_gs, "Mul")}  # 2 per IGDN
+    assert quantized(g_s, "Concat") == quantized(g_s, "DepthToSpace") == set()
+
+
+def test_ort_runs_the_igdn_multiplies_on_uint8(phase_export: Path, tmp_path: Path) -> None:
+    quantize(phase_export, tmp_path / "q", int8_gdn=True)
     run = ort_optimized(tmp_path / "q" / "g_s.onnx", tmp_path)
     ops = Counter(n.op_type for n in run.graph.node)
-    assert ops["QLinearConcat"] == 4 and ops["Concat"] == 0
     assert ops["QLinearConv"] == 4 * 4 + 3  # 4 phases per deconv, 3 IGDN convs
-    for d2s in nodes(run, "DepthToSpace"):  # its input is 8-bit: no DequantizeLinear before
-        srcs, _ = neighbours(run, d2s)
-        assert srcs != ["DequantizeLinear"], d2s.name
-    assert ops["DepthToSpace"] == 4
     assert ops["Mul"] == 0 and ops["QLinearMul"] == 2 * 3  # both multiplies of each IGDN
+    assert ops["Concat"] == 4 and ops["QLinearConcat"] == 0
 
 
-def test_kept_float_conv_keeps_its_movers_float(phase_export: Path, tmp_path: Path) -> None:
+def test_kept_float_conv_keeps_its_neighbours_float(phase_export: Path, tmp_path: Path) -> None:
     float_gs = onnx.load(phase_export / "g_s.onnx")
     phase = next(n for n in qg.conv_names(float_gs) if "phases" in n)
-    g_s = quantize(phase_export, tmp_path / "q", keep_float=[f"decoder:{phase}", "decoder:last"])
+    keep = [f"decoder:{phase}", "decoder:last"]
+    g_s = quantize(phase_export, tmp_path / "q", keep_float=keep, int8_gdn=True)
     assert set(qg.float_convs(g_s)) == {phase, qg.rule_nodes(g_s, "last")[0]}
-    quantized = set()
-    for node in nodes(g_s, "Concat") + nodes(g_s, "DepthToSpace"):
-        _, users = neighbours(g_s, node)
-        quantized |= {node.name.rsplit("/", 1)[0]} if users == ["QuantizeLinear"] else set()
-    stages = [n.name.rsplit("/", 1)[0] for n in nodes(float_gs, "Concat")]
-    # float: the kept phase's stage (its output), the last stage (the kept last conv's output)
-    # and the one before it (through its IGDN, the kept conv's float input); the other INT8
-    assert phase.startswith(stages[0]) and quantized == {stages[1]}
+    stages = sorted({n.name.rsplit("/", 1)[0] for n in nodes(float_gs, "Mul")})
+    first, middle, last = stages  # the IGDNs after stages 1, 2 and 3
+    assert phase.startswith("/inner/inner.0/")  # the kept phase feeds the first IGDN
+    # float: the first IGDN (the kept phase's output reaches it through Concat and
+    # DepthToSpace) and the last (it feeds the kept last conv, and its x comes through the
+    # DepthToSpace that also feeds its x * x); the middle one INT8
+    assert quantized(g_s, "Mul") == {f"{middle}/Mul", f"{middle}/Mul_1"}
+    assert last == "/inner/inner.5"
+    assert first == "/inner/inner.1"
 
 
 def _graph(ops: list[tuple[str, list[str], str]]) -> onnx.ModelProto:
@@ -146,6 +158,7 @@ def test_int8_movers_needs_int8_on_one_side() -> None:
     assert qg.int8_movers(model, {"c1", "c2"}, movers) == {"cat_int8_in", "d2s_chain"}
 
 
-def test_op_list_is_conv_plus_movers() -> None:
-    assert ("Conv", *ort_static.MOVERS, *ort_static.SCALERS) == ort_static.OP_TYPES
-    assert set(ort_static.MOVERS) == {"Concat", "DepthToSpace"}
+def test_op_lists_and_int8_gdn_is_ort_static_only() -> None:
+    assert ort_static.OP_TYPES == ("Conv",) and ort_static.SCALERS == ("Mul",)
+    with pytest.raises(ValueError, match="int8_gdn is an option of backend ort-static"):
+        QuantParams.model_validate({"backend": "inc-static", "int8_gdn": True})
