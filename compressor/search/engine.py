@@ -358,7 +358,7 @@ def screened_out(outcome: Outcome, limit: float) -> bool:
 def run_stage(raw: dict[str, Any], target: Path, sp: SearchPlan, reporter: Reporter) -> Outcome:
     """One trial; a failing trial is recorded (one line), never the end of the search."""
     try:
-        return run_trial(raw, target, sp.spec.objective, reporter)
+        return run_trial(raw, target, sp.spec.objective, reporter, sp.spec.confidence)
     except Exception as e:  # one bad trial (bad input or a crash) must not cost the search
         log.warning("trial %s failed: %s", target.name, one_line(e))
         return Outcome(error=one_line(e))

@@ -116,6 +116,14 @@ class SearchSpec(BaseModel):
         description="trials measure on the W x H centre of each search image (e.g. Kodak's "
         "768 x 512: a trial's latency then weighs like the evaluation's); default: full size",
     )
+    confidence: float = Field(
+        0.9,
+        ge=0,
+        lt=1,
+        description="a per-image quality constraint holds only at this one-sided confidence "
+        "over the trial images (mean + t * standard error; compressor.search.confidence); 0: "
+        "the mean alone",
+    )
     tie_tolerance: float = Field(
         0.05, ge=0, lt=1, description="latencies within this share of the fastest are a tie"
     )

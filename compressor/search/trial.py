@@ -33,6 +33,7 @@ from compressor.fsutil import write_text
 from compressor.progress import Reporter
 from compressor.quant.rank_cache import ranking_cache
 from compressor.recipe import BUNDLED, parse_recipe
+from compressor.search.confidence import bounded_gates
 from compressor.step_cache import shared_steps
 from compressor.validate import GATE_RULES
 
@@ -146,7 +147,13 @@ def shared_work(search: Path) -> Iterator[None]:
         yield
 
 
-def run_trial(raw: dict[str, Any], folder: Path, objective: str, reporter: Reporter) -> Outcome:
+def run_trial(
+    raw: dict[str, Any],
+    folder: Path,
+    objective: str,
+    reporter: Reporter,
+    confidence: float = 0.0,
+) -> Outcome:
     """Run one trial recipe into `folder` (resuming it if a killed search left it there).
     `folder` is <search>/trials/NAME: the search's ranking cache is open while it runs."""
     recipe = parse_recipe(raw, f"trial {folder.name}")
@@ -154,14 +161,14 @@ def run_trial(raw: dict[str, Any], folder: Path, objective: str, reporter: Repor
     p = pipeline.plan(recipe, folder, source=f"trial {folder.name}", raw=raw, resume=resume)
     with shared_work(folder.parent.parent):
         result = pipeline.run(p, reporter)
-    return measure(result, objective)
+    return measure(result, objective, confidence)
 
 
-def measure(result: pipeline.RunResult, objective: str) -> Outcome:
+def measure(result: pipeline.RunResult, objective: str, confidence: float = 0.0) -> Outcome:
     """The objective and constraint values of a finished run, from its last validate report
     (a family run: from its members' and its family report, measure_family)."""
     if result.members or result.failed_members:
-        return measure_family(result, objective)
+        return measure_family(result, objective, confidence)
     checks = [a for a in result.artifacts if a.step == "validate"]
     if not checks:
         return Outcome(error="the run stopped before its validate step")
@@ -179,7 +186,7 @@ def measure(result: pipeline.RunResult, objective: str) -> Outcome:
         quality_loss=deltas.get("psnr_drop_db"),
         bpp_increase=deltas.get("bpp_increase"),
         size_mb=size,
-        gates=report["gates"],
+        gates=bounded_gates(report, confidence),
     )
 
 
@@ -189,13 +196,13 @@ def sum_bytes(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def measure_family(result: pipeline.RunResult, objective: str) -> Outcome:
+def measure_family(result: pipeline.RunResult, objective: str, confidence: float = 0.0) -> Outcome:
     """A family trial as one outcome: latency (and latency_ms) the mean over the members of
     each member's candidate / baseline time of the objective; quality loss, bpp increase and
     every single-model gate the worst member's; size the mean member's; the BD-rate gates
     and figures from the family's judgement (compressor.families.judge). A failed member
     makes the trial an error (it is not a whole family), its figures still recorded."""
-    members = {name: measure(run, objective) for name, run in result.members.items()}
+    members = {name: measure(run, objective, confidence) for name, run in result.members.items()}
     done = [o for o in members.values() if o.error is None]
     family = json.loads((Path(result.final.path) / "report.json").read_text())
     head = family.get("bd", {}).get("candidate vs baseline", {})
