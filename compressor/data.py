@@ -158,13 +158,3 @@ def image_paths(source: str | Path, minimum: int = 1) -> list[Path]:
 def load_images(source: str | Path, minimum: int = 1) -> list[tuple[str, np.ndarray]]:
     """(name, HxWx3 uint8) of every image of a source, in a stable order."""
     return [(p.name, read_checked(p)) for p in image_paths(source, minimum)]
-
-
-def centre_crop(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    """The W x H centre of an HxWx3 image (a side already shorter is kept whole)."""
-    if size is None:
-        return image
-    width, height = size
-    h, w = image.shape[:2]
-    top, left = max(0, (h - height) // 2), max(0, (w - width) // 2)
-    return image[top : top + height, left : left + width]

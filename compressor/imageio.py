@@ -82,3 +82,14 @@ def padding(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
     out_w = (w + multiple - 1) // multiple * multiple
     top, left = (out_h - h) // 2, (out_w - w) // 2
     return top, out_h - h - top, left, out_w - w - left
+
+
+def centre_crop(rgb8: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """The W x H centre of an HxWx3 image, contiguous (a side already shorter is kept whole;
+    None: the image itself)."""
+    if size is None:
+        return rgb8
+    width, height = size
+    h, w = rgb8.shape[:2]
+    top, left = max(0, (h - height) // 2), max(0, (w - width) // 2)
+    return np.ascontiguousarray(rgb8[top : top + height, left : left + width])

@@ -283,14 +283,14 @@ def _judge(
     reporter: Reporter,
 ) -> Artifact:
     """The family stage: <run>/family/ from the members' last validate reports."""
-    from compressor.data import centre_crop, load_images
+    from compressor.data import load_images
     from compressor.families.judge import judge_family
     from compressor.families.report import write_family_report
+    from compressor.steps.validate import measured_images
 
     params: Any = next(params for spec, params in reversed(p.steps) if spec.name == "validate")
     reports = {name: _validation(run) for name, run in runs.items()}
-    source = load_images(params.images or p.recipe.data.eval)[: params.max_images]
-    images = [(name, centre_crop(a, params.crop)) for name, a in source]
+    images = measured_images(params, load_images(params.images or p.recipe.data.eval))
     names = [m.name for m in p.members]
     j = judge_family(names, reports, errors, images, params, threads=p.threads, reporter=reporter)
     final_dir = folder.work / FAMILY_DIR

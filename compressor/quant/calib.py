@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader
 
+from compressor import imageio
 from compressor.metrics.psnr import psnr
 from compressor.runtime import image, load_codec
 from compressor.runtime import manifest as mf
@@ -27,10 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def centre_crop(rgb8: np.ndarray, size: int) -> np.ndarray:
-    h, w = rgb8.shape[:2]
-    ch, cw = min(size, h), min(size, w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return np.ascontiguousarray(rgb8[top : top + ch, left : left + cw])
+    """The size x size calibration crop (imageio.centre_crop)."""
+    return imageio.centre_crop(rgb8, (size, size))
 
 
 def _run(codec: OrtCodec, graph: str, x: np.ndarray) -> np.ndarray:

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from compressor.artifact import Artifact
 from compressor.codec import open_codec
-from compressor.data import centre_crop
 from compressor.errors import RecipeError
+from compressor.imageio import centre_crop
 from compressor.metrics.bdrate import MIN_OVERLAP
 from compressor.report import write_validation_report
 from compressor.steps import STEPS, RunContext, StepSpec, register
@@ -65,9 +65,7 @@ def run(params: ValidateParams, ctx: RunContext, art: Artifact, out: Path) -> Ar
     result = validate(
         base,
         cand,
-        [(name, centre_crop(a, params.crop)) for name, a in ctx.images(source)][
-            : params.max_images
-        ],
+        measured_images(params, ctx.images(source)),
         params.gates,
         repeats=params.repeats,
         threads=threads,
@@ -84,6 +82,12 @@ def run(params: ValidateParams, ctx: RunContext, art: Artifact, out: Path) -> Ar
         summary={**result.deltas, "passed": result.passed},
         failed=not result.passed,
     )
+
+
+def measured_images(params: ValidateParams, images: list) -> list:
+    """What a validate step measures of its source's (name, image) pairs: the first
+    max_images, at their `crop` centre (the family judge measures the same)."""
+    return [(name, centre_crop(a, params.crop)) for name, a in images[: params.max_images]]
 
 
 def _baseline(params: ValidateParams, ctx: RunContext) -> Artifact:
