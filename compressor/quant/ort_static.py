@@ -184,7 +184,7 @@ def _float_movers(
 ) -> set[str]:
     """The non-Conv nodes of `op_types` (SCALERS) to leave in float: those not between INT8
     Convs. With `only` (nodes_to_quantize) ORT quantizes nothing outside it: none to exclude."""
-    if only is not None:
+    if only is not None or op_types == OP_TYPES:  # Convs only: nothing else to leave out
         return set()
     model = job.model()
     kept = job.keep if keep is None else keep

@@ -232,19 +232,20 @@ def _first(e: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-def auto_session(path: Path, threads: int | None, optimization: str = "all") -> tuple[Any, str]:
+def auto_session(path: Path, ort_backend: Backend) -> tuple[Any, str]:
     """Runtime "auto" for one graph: (session, "ort" | "openvino"), the faster of the two on
-    this machine. Both open the same file (a QDQ INT8 graph runs INT8 in both; the f32 hint
-    keeps float graphs float) and run a Kodak-sized input, the best of PROBE_RUNS after one
-    warm-up each, interleaved. ONNX Runtime without OpenVINO installed (the torch-free wheel
-    without its [openvino] extra), for a graph with no probe input (PROBE_STRIDES) and for
-    one OpenVINO cannot load (its low-precision passes refuse some QDQ graphs)."""
-    first = Backend("ort", "fp32", "cpu", threads, optimization).session(path)
+    this machine (ONNX Runtime as `ort_backend` runs it, OpenVINO with its thread count).
+    Both open the same file (a QDQ INT8 graph runs INT8 in both; the f32 hint keeps float
+    graphs float) and run a Kodak-sized input, the best of PROBE_RUNS after one warm-up each,
+    interleaved. ONNX Runtime without OpenVINO installed (the torch-free wheel without its
+    [openvino] extra), for a graph with no probe input (PROBE_STRIDES) and for one OpenVINO
+    cannot load (its low-precision passes refuse some QDQ graphs)."""
+    first = ort_backend.session(path)
     feeds = probe_feeds(path.stem, first)
     if feeds is None or not openvino_installed():
         return first, "ort"
     try:
-        second = Backend("openvino", "fp32", "cpu", threads).session(path)
+        second = Backend("openvino", "fp32", "cpu", ort_backend.threads).session(path)
     except CheckpointError:  # OpenVINO's transformations refuse some QDQ graphs ORT runs
         return first, "ort"
     best = {"ort": float("inf"), "openvino": float("inf")}

@@ -101,7 +101,7 @@ class OrtCodec:
         for g in mf.GRAPHS[self.kind]:
             path = self.folder / f"{g}.onnx"
             if runtime == AUTO and g != "h_s":
-                self.sessions[g], self.runtimes[g] = auto_session(path, threads, optimization)
+                self.sessions[g], self.runtimes[g] = auto_session(path, self.backend)
             else:
                 self.sessions[g], self.runtimes[g] = self.backend.session(path), base
         self._load_tables(self.folder / mf.TABLES)
