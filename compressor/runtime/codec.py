@@ -153,18 +153,26 @@ class OrtCodec:
         if self.kind == "factorized":
             return self.encode_symbols(header, {"y": _symbols(y, self.medians)})
         z_sym = _symbols(self._run("h_a", y, "z"), self.medians)
-        means = None
+        hyper = None
         if self.kind == "mean-scale-hyperprior":  # y's symbols are centred on h_s's means
-            means = self._hyper(z_sym, y.shape, integer=self.hyper == "integer")[1]
-        y_sym = _symbols(y, means)
-        del y, means  # the float latent is not needed past here: its memory goes before coding
-        return self.encode_symbols(header, {"z": z_sym, "y": y_sym})
+            hyper = self._hyper(z_sym, y.shape, integer=self.hyper == "integer")
+        y_sym = _symbols(y, None if hyper is None else hyper[1])
+        del y  # the float latent is not needed past here: its memory goes before coding
+        indexes = None if hyper is None else hyper[0]
+        return self.encode_symbols(header, {"z": z_sym, "y": y_sym}, indexes)
 
-    def encode_symbols(self, header: container.Header, symbols: dict[str, np.ndarray]) -> bytes:
+    def encode_symbols(
+        self,
+        header: container.Header,
+        symbols: dict[str, np.ndarray],
+        indexes: np.ndarray | None = None,
+    ) -> bytes:
         """The file of given integer latents: what decode_latents returns, coded again.
 
         Needs no float graph under format 3 (the scale indexes come from z's symbols in
         integers), so golden bitstreams are reproduced byte for byte on any machine.
+        `indexes`: y's scale indexes when the caller already ran h_s on these z symbols
+        (encode of a mean-scale model needs its means first), so it runs once per image.
         """
         enc = Encoder()
         y_sym = symbols["y"]
@@ -176,7 +184,8 @@ class OrtCodec:
             integer = header.version == container.FORMAT_VERSION
             if not integer:
                 self.check_hyper_tag(header, DataError)
-            indexes, _ = self._hyper(z_sym, y_sym.shape, integer)
+            if indexes is None:
+                indexes, _ = self._hyper(z_sym, y_sym.shape, integer)
             enc.latent(y_sym, indexes, self.gaussian)
         return container.pack(header, enc.finish(check=header.version >= 2))
 

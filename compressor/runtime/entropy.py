@@ -119,7 +119,7 @@ class Encoder:
         raw[high] = 2 * (sym[high] - top[high])
         escaped = low | high
         sym = np.where(escaped, top, sym)
-        order = np.argsort(idx, kind="stable")
+        order = _table_order(idx, len(tables))
         counts = np.bincount(idx, minlength=len(tables))
         ordered = sym[order].astype(np.int32)
         start = 0
@@ -189,7 +189,7 @@ class Decoder:
     def latent(self, indexes: np.ndarray, tables: Tables) -> np.ndarray:
         """The integer values of one latent (flat, in `indexes`' order)."""
         idx = indexes.ravel().astype(np.int64)
-        order = np.argsort(idx, kind="stable")
+        order = _table_order(idx, len(tables))
         counts = np.bincount(idx, minlength=len(tables))
         parts = [self._pop(tables.models[k], n) for k, n in enumerate(counts.tolist()) if n]
         sym = np.empty(idx.size, dtype=np.int64)
@@ -226,6 +226,20 @@ class Decoder:
             raise BitstreamError("bitstream is corrupt (its end check does not match)")
         if not self._coder.is_empty():
             raise BitstreamError("bitstream is corrupt (data left over after the last latent)")
+
+
+def _table_order(idx: np.ndarray, tables: int) -> np.ndarray:
+    """The elements grouped by table, each group in flat order (a stable argsort).
+
+    A stable sort's result is unique, so the key's dtype cannot change it; numpy radix-sorts
+    8- and 16-bit keys (0.6 ms for a Kodak image's 295k indexes against 11 ms as int64)."""
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= tables):
+        raise ValueError(f"table indexes outside 0..{tables - 1}")
+    if tables <= 1 << 8:
+        return np.argsort(idx.astype(np.uint8), kind="stable")
+    if tables <= 1 << 16:
+        return np.argsort(idx.astype(np.uint16), kind="stable")
+    return np.argsort(idx, kind="stable")
 
 
 def _bit_length(values: np.ndarray) -> np.ndarray:

@@ -93,10 +93,20 @@ class Layer:
     def accumulate(self, x: np.ndarray) -> np.ndarray:
         """The exact integer accumulator (as int64) of this layer on x: (Cin, H, W) float64."""
         stride, pad, out_pad = (int(v) for v in self.meta[1:4])
-        if self._w64 is None:  # exact: |w| < 2^11
-            self._w64 = self.weight.astype(np.float64)
+        k = self.weight.shape[-1]
+        if self._w64 is None:  # exact: |w| < 2^11; laid out for the GEMM once
+            w = self.weight.astype(np.float64)
+            # conv: (Cout, Cin*k*k); deconv: tap-major (k*k*Cout, Cin), see _deconv
+            self._w64 = np.ascontiguousarray(
+                w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
+                if self.transposed
+                else w.reshape(w.shape[0], -1)
+            )
         w = self._w64
-        acc = _deconv(x, w, stride, pad, out_pad) if self.transposed else _conv(x, w, stride, pad)
+        if self.transposed:
+            acc = _deconv(x, w, k, stride, pad, out_pad)
+        else:
+            acc = _conv(x, w, k, stride, pad)
         return acc.astype(np.int64) + self.bias[:, None, None]
 
     def requantize(self, acc: np.ndarray) -> np.ndarray:
@@ -231,29 +241,33 @@ def _i64(a: np.ndarray) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def _conv(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
-    """Exact integer conv (float64 on integers): x (Cin,H,W), w (Cout,Cin,k,k)."""
-    cout, cin, k, _ = w.shape
+def _conv(x: np.ndarray, w: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
+    """Exact integer conv (float64 on integers): x (Cin,H,W), w (Cout, Cin*k*k)."""
+    cout, cin = w.shape[0], x.shape[0]
     xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad)))
     # numpy accepts a tuple of axes; its stubs only list one
     win = sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::stride, ::stride]  # type: ignore[call-overload]
     ho, wo = win.shape[1], win.shape[2]
     cols = np.ascontiguousarray(win.transpose(0, 3, 4, 1, 2)).reshape(cin * k * k, ho * wo)
-    return (w.reshape(cout, -1) @ cols).reshape(cout, ho, wo)
+    return (w @ cols).reshape(cout, ho, wo)
 
 
-def _deconv(x: np.ndarray, w: np.ndarray, stride: int, pad: int, out_pad: int) -> np.ndarray:
-    """Exact integer transposed conv: one GEMM of every tap, then col2im adds (exact)."""
-    cin, cout, k, _ = w.shape
-    _, h, wd = x.shape
-    taps = (w.reshape(cin, -1).T @ x.reshape(cin, h * wd)).reshape(cout, k, k, h, wd)
+def _deconv(
+    x: np.ndarray, w: np.ndarray, k: int, stride: int, pad: int, out_pad: int
+) -> np.ndarray:
+    """Exact integer transposed conv: one GEMM of every tap, then col2im adds (exact).
+
+    w: (k*k*Cout, Cin), tap-major rows, so each tap's (Cout, h, w) plane is contiguous."""
+    cin, (_, h, wd) = x.shape[0], x.shape
+    cout = w.shape[0] // (k * k)
+    taps = (w @ x.reshape(cin, h * wd)).reshape(k, k, cout, h, wd)
     full_h, full_w = (h - 1) * stride + k + out_pad, (wd - 1) * stride + k + out_pad
     buf = np.zeros((cout, full_h, full_w), dtype=np.float64)
     for ky in range(k):
         for kx in range(k):
             buf[
                 :, ky : ky + (h - 1) * stride + 1 : stride, kx : kx + (wd - 1) * stride + 1 : stride
-            ] += taps[:, ky, kx]
+            ] += taps[ky, kx]
     ho = (h - 1) * stride - 2 * pad + k + out_pad
     wo = (wd - 1) * stride - 2 * pad + k + out_pad
     return buf[:, pad : pad + ho, pad : pad + wo]

@@ -23,7 +23,7 @@ from compressor.export import export_model
 from compressor.metrics.psnr import psnr
 from compressor.models import CodecAdapter
 from compressor.runtime import OrtCodec, image, load_codec
-from compressor.runtime.entropy import Decoder, Encoder, Tables
+from compressor.runtime.entropy import Decoder, Encoder, Tables, _table_order
 from tests.conftest import BUNDLED, KODAK, REPO, need, smooth_image, tiny_model
 
 ARCHS = ["bmshj2018-factorized", "bmshj2018-hyperprior", "mbt2018-mean"]
@@ -110,6 +110,15 @@ def test_entropy_coder_roundtrip(values: list[int], seed: int) -> None:
     assert np.array_equal(dec.latent(idx, tables), v)
     assert np.array_equal(dec.latent(idx, tables), v[::-1])
     dec.finish()
+
+
+@pytest.mark.parametrize("tables", [5, 256, 257, 70_000])
+def test_table_order_is_the_int64_stable_argsort(tables: int) -> None:
+    """Narrow keys only make the sort a radix sort: the order is unique, so it is the same."""
+    idx = np.random.default_rng(tables).integers(0, tables, 50_000)
+    assert np.array_equal(_table_order(idx, tables), np.argsort(idx, kind="stable"))
+    with pytest.raises(ValueError, match="outside"):
+        _table_order(np.array([0, tables]), tables)
 
 
 def test_repeatable_and_thread_count_independent(pair: Pair) -> None:
