@@ -144,29 +144,36 @@ def test_phases_export_as_padded_convs(tmp_path: Path) -> None:
         assert got.shape == ref.shape and float(np.abs(got - ref).max()) <= TOL
 
 
-@pytest.mark.parametrize("preprocess", [True, False])
-def test_phase_decoder_quantizes_to_int8_convs_only(tmp_path: Path, preprocess: bool) -> None:
+@pytest.mark.parametrize(("preprocess", "move_gdn"), [(True, False), (False, False), (True, True)])
+def test_phase_decoder_quantizes_to_int8_convs_only(
+    tmp_path: Path, preprocess: bool, move_gdn: bool
+) -> None:
     """Every phase conv of the decoder runs as QLinearConv in ORT: 4 deconvs x 4 phases + 3
-    IGDN convs, none float (the exported parity check inside export_model passed too)."""
+    IGDN convs (x 4 phases with the IGDN moved onto its deconv's phases: GDN_INTO_PHASES), none
+    float (the exported parity check inside export_model passed too)."""
     model = tiny_model()
     for m in model.components()["decoder"].modules():
         if isinstance(m, GDN):
             # distinct betas: the ONNX exporter merges equal initializers through Identity
             # nodes, and ORT leaves a conv whose bias is no initializer in float
             _random_gdn(m)
-    with mock.patch.object(rewrites, "PHASE_MIN_CHANNELS", 0):
+    with (
+        mock.patch.object(rewrites, "PHASE_MIN_CHANNELS", 0),
+        mock.patch.object(rewrites, "GDN_INTO_PHASES", move_gdn),
+    ):
         src = export_model(model, tmp_path / "fp32")
+    n_convs = 4 * 4 + 3 * (4 if move_gdn else 1)
     images = [smooth_image(96, 128, i) for i in range(2)]
     params = QuantParams(preprocess=preprocess)
     QUANTIZERS.get("ort-static")(src, tmp_path / "q", params, images, 1)
     g_s = onnx.load(tmp_path / "q" / "g_s.onnx")
-    assert qg.float_convs(g_s) == [] and len(qg.conv_names(g_s)) == 19
+    assert qg.float_convs(g_s) == [] and len(qg.conv_names(g_s)) == n_convs
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(tmp_path / "g_s.opt.onnx")
     ort.InferenceSession(str(tmp_path / "q" / "g_s.onnx"), opts, providers=["CPUExecutionProvider"])
     ops = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
-    assert ops["QLinearConv"] == 19 and ops["Conv"] == 0 and ops["Pad"] == 0
+    assert ops["QLinearConv"] == n_convs and ops["Conv"] == 0 and ops["Pad"] == 0
 
 
 def test_subpixel_refuses_what_it_cannot_rewrite() -> None:
