@@ -42,6 +42,10 @@ PARITY_TOL = 1e-4
 #: that decode bit-exactly anywhere) or "float" (h_s.onnx, format 2, tied to one machine)
 HYPER_PATHS = ("integer", "float")
 DEFAULT_HYPER = "integer"
+GDN_NEEDS_REWRITE = (
+    "gdn_in_phases moves the (I)GDN onto the phase convolutions of the rewritten decoder: "
+    "it needs rewrite: true"
+)
 
 
 @dataclass
@@ -192,12 +196,12 @@ def export_model(
     opset: int = 17,
     overwrite: bool = False,
     hyper: str = DEFAULT_HYPER,
+    gdn_in_phases: bool = False,
 ) -> Path:
-    """Write the export folder of `model` (atomically) and return it."""
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise RecipeError(f"opset {opset} is not supported; allowed: {MIN_OPSET}..{MAX_OPSET}")
-    if hyper not in HYPER_PATHS:
-        raise RecipeError(f"hyper path {hyper!r} is not known; allowed: {', '.join(HYPER_PATHS)}")
+    """Write the export folder of `model` (atomically) and return it. `gdn_in_phases`: run
+    each (I)GDN that follows a phase-decomposed deconvolution on its phases (rewrites.
+    gdn_into_phases; exact in float, recorded in the manifest for the torch-side quantizers)."""
+    _check_options(model, opset, hyper, rewrite=rewrite, gdn_in_phases=gdn_in_phases)
     folder_hook = exporter_of(model).folder
     if folder_hook is not None:
         return folder_hook(model, out_dir, rewrite=rewrite, opset=opset, overwrite=overwrite)
@@ -211,7 +215,7 @@ def export_model(
     latents = _latents(spec, probe, m)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         for name, module in spec.graphs.items():
-            graph = rewrites.rewrite(module, subpixel=rewrite)
+            graph = rewrites.rewrite(module, subpixel=rewrite, move_gdn=gdn_in_phases)
             export_graph(graph, probe[name], tmp / f"{name}.onnx", opset)
         # compressed: the Gaussian CDFs are ~3 MB raw, ~0.1 MB packed (np.load reads both)
         np.savez_compressed(tmp / mf.TABLES, **spec.tables)
@@ -232,6 +236,8 @@ def export_model(
                 "family": model.family,
                 "config": model.config,
                 "rewritten": rewrite,
+                # torch_src.rewrite_like reads both: QAT / inc-static rewrite the same way
+                "gdn_in_phases": gdn_in_phases,
                 "parity_max_abs_diff": diffs,
                 "hyper": "integer" if integer else "float",
                 **({"integer_hyper": integer} if integer else {}),
@@ -241,6 +247,24 @@ def export_model(
         manifest.write(tmp)
     log.info("exported %s (%s) to %s, id %s", model.arch, spec.kind, out_dir, manifest.model_id)
     return out_dir
+
+
+def _check_options(
+    model: CodecAdapter, opset: int, hyper: str, *, rewrite: bool, gdn_in_phases: bool
+) -> None:
+    """The export options, before any work."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise RecipeError(f"opset {opset} is not supported; allowed: {MIN_OPSET}..{MAX_OPSET}")
+    if hyper not in HYPER_PATHS:
+        raise RecipeError(f"hyper path {hyper!r} is not known; allowed: {', '.join(HYPER_PATHS)}")
+    if gdn_in_phases and not rewrite:
+        raise RecipeError(GDN_NEEDS_REWRITE)
+    if gdn_in_phases and exporter_of(model).folder is not None:
+        # such a family (rnn) writes its own graphs: none is rewritten by `rewrites.rewrite`
+        raise RecipeError(
+            f"gdn_in_phases applies to families exported one graph per component; "
+            f"{model.family} ({model.arch}) writes its own graphs: drop gdn_in_phases"
+        )
 
 
 def _integer_tables(spec: ExportSpec, folder: Path) -> dict[str, float] | None:

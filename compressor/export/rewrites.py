@@ -14,7 +14,11 @@
   ...) moves into it and runs on each phase before the Concat. (I)GDN is pointwise in space and
   every pixel after DepthToSpace takes its channels from one phase, so this is exact, and the
   runtimes no longer normalise (nor re-layout) the interleaved tensor between the phases'
-  DepthToSpace and the next layer's convs.
+  DepthToSpace and the next layer's convs. Off unless asked (`rewrite(move_gdn=True)`, the
+  export option `gdn_in_phases`, recorded in the manifest): measured on the bundled
+  hyperprior, INT8 ort-static g_s at 1x192x32x48, 1 thread, in one run, ONNX Runtime takes
+  0.78-0.82x the time but OpenVINO 1.07x (its Concat and DepthToSpace then move f32 instead
+  of int8, plus a FakeQuantize), so it suits a codec deployed on ONNX Runtime only.
 
 Each is a module of its own so a test can compare them with the original layer directly.
 """
@@ -38,12 +42,6 @@ log = logging.getLogger(__name__)
 #: hyperprior decoder, phases win at 128 outputs and lose 2.2x at 3 (the image layer); 16 is
 #: a cut between the two measured points, not itself measured
 PHASE_MIN_CHANNELS = 16
-
-#: whether `rewrite` moves the (I)GDN after a PhaseConv onto its phases (`gdn_into_phases`).
-#: Off: measured on the bundled hyperprior, INT8 ort-static g_s at 1x192x32x48, 1 thread, in
-#: one run, ONNX Runtime takes 0.80x the time but OpenVINO 1.07x (its Concat and DepthToSpace
-#: then move f32 instead of int8, plus a FakeQuantize), and OpenVINO runs g_s fastest
-GDN_INTO_PHASES = False
 
 
 @dataclass(frozen=True)
@@ -386,15 +384,14 @@ def rewrite(
     *,
     subpixel: bool = True,
     phase_min_channels: int | None = None,
-    move_gdn: bool | None = None,
+    move_gdn: bool = False,
 ) -> nn.Module:
     """A rewritten deep copy (GDN always folded; deconvs to sub-pixel convs if asked; the
-    (I)GDN after a `PhaseConv` run on its phases if `move_gdn`, None: `GDN_INTO_PHASES`)."""
+    (I)GDN after a `PhaseConv` run on its phases if `move_gdn`, which needs `subpixel`)."""
     out = copy.deepcopy(module).eval()
     n_gdn = fold_gdn(out)
     n_deconv = deconv_to_subpixel(out, phase_min_channels=phase_min_channels) if subpixel else 0
-    move = GDN_INTO_PHASES if move_gdn is None else move_gdn
-    n_moved = gdn_into_phases(out) if subpixel and move else 0
+    n_moved = gdn_into_phases(out) if subpixel and move_gdn else 0
     log.debug(
         "rewrote %d GDN layers and %d transposed convolutions; %d GDN moved into phases",
         n_gdn, n_deconv, n_moved,

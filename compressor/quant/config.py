@@ -30,6 +30,15 @@ MAX_TOP_K = 1000
 BACKENDS = ("ort-static", "inc-static", "qat")
 #: backends that work on the torch model the export was made from (compressor.quant.torch_src)
 TORCH_BACKENDS = ("inc-static", "qat")
+#: int8_gdn on an export made with gdn_in_phases (export.rewrites.gdn_into_phases) quantizes
+#: nothing more (measured: the same QDQ graph): each phase's x*x already runs in INT8 between
+#: its INT8 phase Conv and the IGDN's Conv, and the IGDN's last multiply now feeds the float
+#: Concat (ort_static.MOVERS stay float for OpenVINO), so it would take a Q/DQ pair and a
+#: second rounding before the next Conv's for no fused op. Refused rather than ignored.
+INT8_GDN_WITH_GDN_IN_PHASES = (
+    "int8_gdn adds nothing to an export made with gdn_in_phases (its IGDN x*x runs in INT8 "
+    "already, its last multiply feeds a float Concat): drop one of the two"
+)
 
 
 class Calibration(BaseModel):
@@ -91,7 +100,7 @@ class QuantParams(BaseModel):
         False,
         description="ort-static: also run (I)GDN's multiplies between INT8 convs in INT8 "
         "(ONNX Runtime's decoder ~18% faster, -0.02 dB measured; OpenVINO's ~12% slower, "
-        "so not the default)",
+        "so not the default); refused on an export made with gdn_in_phases",
     )
     preprocess: bool = Field(True, description="ONNX Runtime's quant_pre_process first")
     sensitivity: bool = Field(False, description="write the per-layer sensitivity table")

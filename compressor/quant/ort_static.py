@@ -28,9 +28,11 @@ from typing import Any
 import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+from compressor.errors import RecipeError
 from compressor.quant import graph as qg
 from compressor.quant.calib import ListReader
-from compressor.quant.config import QuantParams, component_graphs
+from compressor.quant.config import INT8_GDN_WITH_GDN_IN_PHASES, QuantParams, component_graphs
+from compressor.runtime import manifest as mf
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ MOVERS = ("Concat", "DepthToSpace")
 #: The one new rounding is the normaliser's: measured on Kodak 1-6, bundled hyperprior,
 #: -0.02 dB PSNR, same bpp; ORT g_s 201 vs 245 ms. Not the default: OpenVINO runs that graph
 #: slower (139 vs 124 ms), and the torch backends' fake-quant does not model the rounding.
+#: Refused on an export with the IGDN moved onto the phases (config.INT8_GDN_WITH_GDN_IN_PHASES).
 SCALERS = ("Mul",)
 #: op types handed to ORT's quantizer (int8_gdn adds SCALERS)
 OP_TYPES = ("Conv",)
@@ -206,6 +209,8 @@ def prepare_jobs(
 ) -> dict[str, GraphJob]:
     """Pre-process each graph and resolve keep_float against it (unknown names fail here).
     `kind`: the export's manifest kind, which names the graphs of the components."""
+    if params.int8_gdn and mf.read(folder).extra.get("gdn_in_phases") is True:
+        raise RecipeError(f"{folder}: {INT8_GDN_WITH_GDN_IN_PHASES}")
     jobs = {}
     for name in params.graphs(kind):
         src = folder / f"{name}.onnx"

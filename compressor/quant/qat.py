@@ -76,13 +76,22 @@ def held_out_loss(model: CodecAdapter, images: list[np.ndarray], cfg: TrainConfi
 
 
 def fake_quantize(
-    model: CodecAdapter, jobs: dict[str, ort_static.GraphJob], scheme: Scheme
+    model: CodecAdapter,
+    jobs: dict[str, ort_static.GraphJob],
+    scheme: Scheme,
+    manifest: mf.Manifest | None = None,
 ) -> dict[str, list]:
     """Replace the quantized components of `model` by fake-quantized rewritten copies whose
-    ranges start at ORT's calibration; returns graph -> wrappers (ONNX Conv order)."""
+    ranges start at ORT's calibration; returns graph -> wrappers (ONNX Conv order).
+    `manifest`: the float export's, whose rewrite (gdn_in_phases too) is reproduced; None:
+    the default export's (sub-pixel, GDN not moved)."""
     ranges, wrapped = {}, {}
     for name, job in jobs.items():
-        module = rewrites.rewrite(getattr(model.net, name), subpixel=True)
+        plain = getattr(model.net, name)
+        if manifest is None:
+            module = rewrites.rewrite(plain, subpixel=True)
+        else:
+            module = torch_src.rewrite_like(plain, manifest)
         example = torch.from_numpy(job.inputs[0])
         sites = torch_src.conv_sites(job.model())
         torch_src.check_same(name, sites, torch_src.conv_weights(module, example))
@@ -158,7 +167,7 @@ def run_qat(
         inputs = calib.calibration_inputs(trial.codec, cal, params.graphs())
         jobs = ort_static.prepare_jobs(src, params, inputs, work / "ptq")
         ptq = trial.measure(ort_static.quantize_all(jobs, params, work / "ptq"))
-        wrapped = fake_quantize(model, jobs, scheme)
+        wrapped = fake_quantize(model, jobs, scheme, manifest)
         before = held_out_loss(model, data, cfg)
         t0 = time.monotonic()
         result = train(model, data, cfg, work / "qat.pt", resume=False, reporter=reporter)
@@ -173,7 +182,8 @@ def run_qat(
             "train_images": len(data),
             "history": result.history,
         }
-        jobs, files = export_trained(model, wrapped, params, cal, work, threads)
+        moved = torch_src.gdn_in_phases(manifest)
+        jobs, files = export_trained(model, wrapped, params, cal, work, threads, moved)
         base, extra = work / "qat-fp32", {"qat": summary}
         return overrides.finish("qat", src, base, jobs, files, params, trial, out, extra, len(cal))
 
@@ -185,12 +195,14 @@ def export_trained(
     cal: list[np.ndarray],
     work: Path,
     threads: int,
+    gdn_in_phases: bool = False,
 ) -> tuple[dict[str, ort_static.GraphJob], dict[str, Path]]:
-    """The trained model exported in float (work/qat-fp32), then quantized by ORT with the
-    learned activation ranges; returns the jobs and graph -> INT8 file."""
+    """The trained model exported in float (work/qat-fp32) as the source export was (its
+    gdn_in_phases recorded again: the INT8 folder's manifest is this one's), then quantized by
+    ORT with the learned activation ranges; returns the jobs and graph -> INT8 file."""
     for name in wrapped:
         strip_wrappers(getattr(model.net, name))
-    base = export_model(model, work / "qat-fp32")
+    base = export_model(model, work / "qat-fp32", gdn_in_phases=gdn_in_phases)
     (work / "int8").mkdir()
     codec = load_codec(base, threads=threads)
     jobs = ort_static.prepare_jobs(

@@ -3,9 +3,9 @@
 inc-static and qat decide quantization parameters on torch modules, but what ships is the
 ONNX export quantized by ONNX Runtime. Both sides must be the same network: the checkpoint
 is rewritten exactly as the exporter rewrote it (GDN folded, ConvTranspose -> Conv +
-PixelShuffle), and its convolutions, in the order they run, are matched one to one with the
-export's Conv nodes (weights compared value by value), so a torch-side range lands on the
-right ONNX tensor.
+PixelShuffle, the (I)GDN moved onto the phases or not: the export's manifest says), and its
+convolutions, in the order they run, are matched one to one with the export's Conv nodes
+(weights compared value by value), so a torch-side range lands on the right ONNX tensor.
 """
 
 from __future__ import annotations
@@ -67,10 +67,22 @@ def load_model(path: Path | None, manifest: mf.Manifest, backend: str, src: Path
     return model.eval()
 
 
+def rewrite_like(module: nn.Module, manifest: mf.Manifest) -> nn.Module:
+    """`module` rewritten as the exporter of `manifest` rewrote its graphs: sub-pixel unless
+    exported with rewrite: false, the (I)GDN on the phases if exported with gdn_in_phases
+    (an export older than that option has no key: not moved)."""
+    subpixel = manifest.extra.get("rewritten") is not False
+    return rewrites.rewrite(module, subpixel=subpixel, move_gdn=gdn_in_phases(manifest))
+
+
+def gdn_in_phases(manifest: mf.Manifest) -> bool:
+    """Whether the export ran each (I)GDN on its phases (export option gdn_in_phases)."""
+    return manifest.extra.get("gdn_in_phases") is True
+
+
 def rewritten(model: CodecAdapter, manifest: mf.Manifest, graph: str) -> nn.Module:
     """Graph `graph` of `model` exactly as the exporter of `manifest` rewrote it."""
-    subpixel = manifest.extra.get("rewritten") is not False
-    return rewrites.rewrite(spec_of(model).graphs[graph], subpixel=subpixel)
+    return rewrite_like(spec_of(model).graphs[graph], manifest)
 
 
 class _ConvLog(TorchFunctionMode):

@@ -162,3 +162,34 @@ def test_op_lists_and_int8_gdn_is_ort_static_only() -> None:
     assert ort_static.OP_TYPES == ("Conv",) and ort_static.SCALERS == ("Mul",)
     with pytest.raises(ValueError, match="int8_gdn is an option of backend ort-static"):
         QuantParams.model_validate({"backend": "inc-static", "int8_gdn": True})
+
+
+@pytest.fixture(scope="module")
+def moved_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """phase_export's model exported with gdn_in_phases: each IGDN runs on its deconv's 4
+    phases, between the phase Conv and the Concat."""
+    model = tiny_model()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.net.named_parameters():
+            if name.endswith(("beta", "gamma")):
+                param.add_(0.01 * torch.rand(param.shape, generator=gen))
+    with mock.patch.object(rewrites, "PHASE_MIN_CHANNELS", 0):
+        return export_model(model, tmp_path_factory.mktemp("exp") / "moved", gdn_in_phases=True)
+
+
+def test_moved_igdn_squares_run_int8_without_int8_gdn(moved_export: Path, tmp_path: Path) -> None:
+    """With the IGDN on the phases, each phase's x*x sits between its INT8 phase Conv and the
+    INT8 normalisation Conv: ORT runs it as QLinearMul with Convs alone quantized; the last
+    multiply feeds the float Concat and stays float (why int8_gdn adds nothing there)."""
+    float_gs = onnx.load(moved_export / "g_s.onnx")
+    muls = {n.name for n in nodes(float_gs, "Mul")}
+    squares = {m for m in muls if m.endswith("/Mul")}
+    assert len(squares) == 3 * 4 and all("/gdns." in m for m in squares)
+    g_s = quantize(moved_export, tmp_path / "q")
+    assert qg.float_convs(g_s) == [] and len(qg.conv_names(g_s)) == 4 * 4 + 3 * 4
+    assert quantized(g_s, "Mul") == squares
+    assert quantized(g_s, "Concat") == quantized(g_s, "DepthToSpace") == set()
+    run = ort_optimized(tmp_path / "q" / "g_s.onnx", tmp_path)
+    ops = Counter(n.op_type for n in run.graph.node)
+    assert ops["QLinearMul"] == 3 * 4 and ops["Mul"] == 3 * 4 and ops["QLinearConcat"] == 0

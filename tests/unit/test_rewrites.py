@@ -149,7 +149,7 @@ def test_phase_decoder_quantizes_to_int8_convs_only(
     tmp_path: Path, preprocess: bool, move_gdn: bool
 ) -> None:
     """Every phase conv of the decoder runs as QLinearConv in ORT: 4 deconvs x 4 phases + 3
-    IGDN convs (x 4 phases with the IGDN moved onto its deconv's phases: GDN_INTO_PHASES), none
+    IGDN convs (x 4 phases with the IGDN moved onto its deconv's phases: gdn_in_phases), none
     float (the exported parity check inside export_model passed too)."""
     model = tiny_model()
     for m in model.components()["decoder"].modules():
@@ -157,11 +157,8 @@ def test_phase_decoder_quantizes_to_int8_convs_only(
             # distinct betas: the ONNX exporter merges equal initializers through Identity
             # nodes, and ORT leaves a conv whose bias is no initializer in float
             _random_gdn(m)
-    with (
-        mock.patch.object(rewrites, "PHASE_MIN_CHANNELS", 0),
-        mock.patch.object(rewrites, "GDN_INTO_PHASES", move_gdn),
-    ):
-        src = export_model(model, tmp_path / "fp32")
+    with mock.patch.object(rewrites, "PHASE_MIN_CHANNELS", 0):
+        src = export_model(model, tmp_path / "fp32", gdn_in_phases=move_gdn)
     n_convs = 4 * 4 + 3 * (4 if move_gdn else 1)
     images = [smooth_image(96, 128, i) for i in range(2)]
     params = QuantParams(preprocess=preprocess)
