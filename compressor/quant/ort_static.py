@@ -144,14 +144,41 @@ def quantize_graph(
     """Write the QDQ graph of `job` to `dst`: every Conv but `keep` (or just `only`).
 
     `overrides` (ORT's TensorQuantOverrides: tensor -> [{scale, zero_point}]) replaces the
-    calibrated quantization of those tensors (the inc-static and qat backends use it)."""
+    calibrated quantization of those tensors (the inc-static and qat backends use it).
+    Without them, `shared_phase_scale` gives each group of phase convs one int8 scale."""
     cal = params.calibration
-    extra: dict[str, Any] = {"TensorQuantOverrides": overrides} if overrides else {}
+    extra: dict[str, Any] = {}
     if cal.method == "percentile":
         extra["CalibPercentile"] = cal.percentile
     with ort_advice_silenced():
+        if overrides is None and params.shared_phase_scale:
+            overrides = _phase_overrides(job, params, dst, keep, only, extra)
+        if overrides:
+            extra["TensorQuantOverrides"] = overrides
         _quantize_static(job, params, dst, keep, only, extra)
     return dst
+
+
+def _phase_overrides(
+    job: GraphJob,
+    params: QuantParams,
+    dst: Path,
+    keep: set[str] | None,
+    only: list[str] | None,
+    extra: dict[str, Any],
+) -> dict[str, Any] | None:
+    """quant.phase_scales' overrides for the phase convs this quantization makes INT8."""
+    from compressor.quant import phase_scales  # it imports this module (GraphJob)
+
+    model = job.model()
+    if not phase_scales.phase_groups(model):
+        return None
+    if not job.cache.is_file():  # the plain quantization calibrates and writes the ranges
+        _quantize_static(job, params, dst, keep, only, extra)
+    convs = set(qg.conv_names(model)) - set(job.keep if keep is None else keep)
+    if only is not None:
+        convs &= set(only)
+    return phase_scales.shared_overrides(job, convs) or None
 
 
 def _quantize_static(

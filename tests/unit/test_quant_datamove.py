@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -193,3 +194,65 @@ def test_moved_igdn_squares_run_int8_without_int8_gdn(moved_export: Path, tmp_pa
     run = ort_optimized(tmp_path / "q" / "g_s.onnx", tmp_path)
     ops = Counter(n.op_type for n in run.graph.node)
     assert ops["QLinearMul"] == 3 * 4 and ops["Mul"] == 3 * 4 and ops["QLinearConcat"] == 0
+
+
+# -- one symmetric int8 scale per group of phase convs (quant.phase_scales) ------------------
+def phase_output_params(model: onnx.ModelProto) -> list[set[tuple[float, int, int]]]:
+    """Per Concat feeding DepthToSpace: the (scale, zero point, ONNX type) of its inputs' Q."""
+    inits = {i.name: i for i in model.graph.initializer}
+    quant = {n.input[0]: n for n in nodes(model, "QuantizeLinear")}
+    groups = []
+    for cat in nodes(model, "Concat"):
+        prod = {o: n for n in model.graph.node for o in n.output}
+        convs = [prod[dq].input[0] for dq in cat.input]  # DQ <- Q <- phase Conv output
+        params = set()
+        for q_out in convs:
+            q = next(n for n in nodes(model, "QuantizeLinear") if n.output[0] == q_out)
+            scale, zp = qparams(model, quant[q.input[0]])
+            params.add((scale, zp, inits[q.input[2]].data_type))
+        groups.append(params)
+    return groups
+
+
+def g_s_error(folder: Path, fp32: Path, y: np.ndarray) -> float:
+    """RMS difference of the INT8 g_s's output from the float one's on latent `y`."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    out = []
+    for path in (fp32 / "g_s.onnx", folder / "g_s.onnx"):
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        out.append(sess.run(None, {sess.get_inputs()[0].name: y})[0])
+    return float(np.sqrt(np.mean((out[0] - out[1]) ** 2)))
+
+
+def test_phase_convs_share_one_symmetric_int8_scale(phase_export: Path, tmp_path: Path) -> None:
+    shared = quantize(phase_export, tmp_path / "shared")
+    per_phase = quantize(phase_export, tmp_path / "per", shared_phase_scale=False)
+    groups = phase_output_params(shared)
+    assert len(groups) == 4  # one per former deconvolution, 4 phases each
+    for params in groups:  # all 4 phases: the same scale, zero point 0, int8
+        assert len(params) == 1 and next(iter(params))[1:] == (0, TensorProto.INT8)
+    # ORT's own calibration: uint8 with a scale and zero point per phase
+    assert all(
+        {p[2] for p in params} == {TensorProto.UINT8} for params in phase_output_params(per_phase)
+    )
+    assert any(len(params) > 1 for params in phase_output_params(per_phase))
+    assert qg.float_convs(shared) == []
+    run = ort_optimized(tmp_path / "shared" / "g_s.onnx", tmp_path)
+    assert Counter(n.op_type for n in run.graph.node)["QLinearConv"] == 4 * 4 + 3  # still fused
+    # the union of the phases' ranges at int8's 255 levels: no worse than per-phase uint8
+    y = (np.random.default_rng(0).standard_normal((1, 12, 6, 8)) * 2).astype(np.float32)
+    err_shared = g_s_error(tmp_path / "shared", phase_export, y)
+    err_per = g_s_error(tmp_path / "per", phase_export, y)
+    assert err_shared <= 1.05 * err_per, (err_shared, err_per)
+
+
+def test_openvino_loads_the_int8_phase_decoder(phase_export: Path, tmp_path: Path) -> None:
+    """With per-phase uint8 parameters OpenVINO 2025 refuses this graph (its low-precision
+    DepthToSpace pass fails on the per-channel dequantization of the Concat); one symmetric
+    scale makes that dequantization a single multiply, which it carries past DepthToSpace."""
+    ov = pytest.importorskip("openvino")
+    quantize(phase_export, tmp_path / "q")
+    compiled = ov.Core().compile_model(str(tmp_path / "q" / "g_s.onnx"), "CPU")
+    y = np.zeros((1, 12, 6, 8), np.float32)
+    assert np.isfinite(compiled.create_infer_request().infer({0: y})[0]).all()

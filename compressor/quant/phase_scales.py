@@ -1,0 +1,71 @@
+"""One symmetric INT8 scale for the phase convolutions that a Concat joins.
+
+The rewritten decoder (export.rewrites.PhaseConv) computes a transposed convolution as s*s
+phase convolutions joined by Concat -> DepthToSpace. ORT's calibration gives each phase output
+its own uint8 scale and zero point. OpenVINO runs each phase convolution with an INT8 output;
+with per-phase parameters the Concat's dequantization is per channel, which its low-precision
+passes cannot carry through DepthToSpace: it dequantizes right after the Concat with a
+reference (unvectorized) Convert plus a Subtract, and moves f32 through DepthToSpace. With one
+symmetric int8 scale (zero point 0, the union of the phases' calibrated ranges) the
+dequantization is a single multiply that it moves past DepthToSpace.
+
+Measured on the bundled hyperprior's INT8 g_s (1 x 192 x 32 x 48, 1 thread, interleaved):
+OpenVINO 106.1 against 116.7 ms, ONNX Runtime 213.2 against 211.0 (unchanged); 24 Kodak
+images through ONNX Runtime: PSNR 23.485 against 23.463 dB, bpp unchanged (the decoder
+does not code). Only ort-static's own calibration path uses it: the torch backends
+(inc-static, qat) carry the ranges they observed or learned per phase.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+from onnxruntime.quantization import QuantType
+
+from compressor.quant import overrides as qo
+from compressor.quant.ort_static import GraphJob
+
+
+def phase_groups(model: onnx.ModelProto) -> list[list[str]]:
+    """Output tensors of the Conv nodes joined by a Concat that feeds DepthToSpace, one list
+    per Concat; each Conv's output goes to that Concat only."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    groups = []
+    for node in model.graph.node:
+        if node.op_type != "Concat" or len(node.input) < 2:
+            continue
+        users = consumers.get(node.output[0], [])
+        if not users or any(u.op_type != "DepthToSpace" for u in users):
+            continue
+        convs = [producers.get(name) for name in node.input]
+        if all(
+            c is not None and c.op_type == "Conv" and len(consumers[c.output[0]]) == 1
+            for c in convs
+        ):
+            groups.append(list(node.input))
+    return groups
+
+
+def shared_overrides(job: GraphJob, int8_convs: set[str]) -> dict[str, list[dict[str, Any]]]:
+    """TensorQuantOverrides giving every group of INT8 phase convs one symmetric int8 scale
+    (ORT's own arithmetic over the union of their calibrated ranges); needs the range cache."""
+    model = job.model()
+    producer = {out: node.name for node in model.graph.node for out in node.output}
+    ranges = qo.calibrated_ranges(job)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for group in phase_groups(model):
+        if not all(producer[t] in int8_convs and t in ranges for t in group):
+            continue
+        lo = min(ranges[t][0] for t in group)
+        hi = max(ranges[t][1] for t in group)
+        scale, zero_point = qo.scale_zp(lo, hi, "int8", symmetric=True)
+        for tensor in group:
+            entry = qo.entry(scale, zero_point, "int8")
+            entry[0]["quant_type"] = QuantType.QInt8
+            out[tensor] = entry
+    return out
