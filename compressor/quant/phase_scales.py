@@ -10,10 +10,15 @@ symmetric int8 scale (zero point 0, the union of the phases' calibrated ranges) 
 dequantization is a single multiply that it moves past DepthToSpace.
 
 Measured on the bundled hyperprior's INT8 g_s (1 x 192 x 32 x 48, 1 thread, interleaved):
-OpenVINO 106.1 against 116.7 ms, ONNX Runtime 213.2 against 211.0 (unchanged); 24 Kodak
-images through ONNX Runtime: PSNR 23.485 against 23.463 dB, bpp unchanged (the decoder
-does not code). Only ort-static's own calibration path uses it: the torch backends
-(inc-static, qat) carry the ranges they observed or learned per phase.
+OpenVINO 104.9 against 120.2 ms, ONNX Runtime 203 against 210 (within noise). Quality: all 24
+Kodak images 23.4625 against 23.4626 dB, but 24 other photos (wikipedia-photos 17-40, not
+calibrated on) 23.826 against 23.911
+(-0.085 dB; the last stage's share alone costs 0.14 dB there, the first two's nothing,
+sharing them alone gives OpenVINO 113.9 ms): the union of four asymmetric ranges at int8's
+symmetric levels is a coarser step. So it is opt-in (`shared_phase_scale: true`), for
+deployments on OpenVINO. It also makes OpenVINO load INT8 phase decoders it refuses
+otherwise (the tiny test model's). Only ort-static's own calibration path uses it: the torch
+backends (inc-static, qat) carry the ranges they observed or learned per phase.
 """
 
 from __future__ import annotations

@@ -226,8 +226,8 @@ def g_s_error(folder: Path, fp32: Path, y: np.ndarray) -> float:
 
 
 def test_phase_convs_share_one_symmetric_int8_scale(phase_export: Path, tmp_path: Path) -> None:
-    shared = quantize(phase_export, tmp_path / "shared")
-    per_phase = quantize(phase_export, tmp_path / "per", shared_phase_scale=False)
+    shared = quantize(phase_export, tmp_path / "shared", shared_phase_scale=True)
+    per_phase = quantize(phase_export, tmp_path / "per")
     groups = phase_output_params(shared)
     assert len(groups) == 4  # one per former deconvolution, 4 phases each
     for params in groups:  # all 4 phases: the same scale, zero point 0, int8
@@ -252,7 +252,7 @@ def test_openvino_loads_the_int8_phase_decoder(phase_export: Path, tmp_path: Pat
     DepthToSpace pass fails on the per-channel dequantization of the Concat); one symmetric
     scale makes that dequantization a single multiply, which it carries past DepthToSpace."""
     ov = pytest.importorskip("openvino")
-    quantize(phase_export, tmp_path / "q")
+    quantize(phase_export, tmp_path / "q", shared_phase_scale=True)
     compiled = ov.Core().compile_model(str(tmp_path / "q" / "g_s.onnx"), "CPU")
     y = np.zeros((1, 12, 6, 8), np.float32)
     assert np.isfinite(compiled.create_infer_request().infer({0: y})[0]).all()
