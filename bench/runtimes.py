@@ -1,7 +1,8 @@
 """ONNX Runtime vs OpenVINO, FP32 / BF16 / INT8: whole codec and per graph, one process.
 
-Every configuration runs the same export folders (FP32, and its ort-static INT8 copy) on the
-same Kodak images, interleaved (compressor.compare.compare for whole codecs; A B C ... rounds
+Every configuration runs the same export folders (FP32, and its ort-static INT8 copies: the
+shipped recipes' quantization, and the same with shared_phase_scale for OpenVINO; calibrated
+on --calibration photos, never on the evaluation images) on the same Kodak images, interleaved (compressor.compare.compare for whole codecs; A B C ... rounds
 per graph). Per-graph throughput is stated as a share of the GEMM peak of the same runtime
 and precision measured in this run (bench/peak.py). --deploy also builds the torch-free wheel
 into a fresh venv and compares its installed size and cold start (process start, import,
@@ -49,7 +50,16 @@ CONFIGS = {
     "openvino/int8": ("int8", "openvino", "fp32"),
     # runtime auto: each graph on the runtime that was faster when the codec loaded
     "auto/int8": ("int8", "auto", "fp32"),
+    # quantized with shared_phase_scale (quant.phase_scales): for OpenVINO
+    "openvino/int8-shared": ("int8-shared", "openvino", "fp32"),
+    "auto/int8-shared": ("int8-shared", "auto", "fp32"),
 }
+#: the INT8 exports: what the shipped INT8 recipes quantize, and the same for OpenVINO
+INT8 = {
+    "int8": {"components": ["encoder", "decoder", "hyper_encoder"]},
+    "int8-shared": {"components": ["encoder", "decoder", "hyper_encoder"],
+                    "shared_phase_scale": True},
+}  # fmt: skip
 GRAPHS = {"g_a": "encoder", "h_a": "hyper_encoder", "h_s": "hyper_decoder", "g_s": "decoder"}
 
 
@@ -62,9 +72,10 @@ def graph_macs(model: torch.nn.Module, h: int, w: int) -> dict[str, int]:
 def peak(peaks: dict, label: str, codec: object, graph: str) -> float:
     """The GEMM peak a graph's throughput is a share of: its own runtime's (auto: the one
     the codec chose for that graph)."""
-    if label.startswith("auto/"):
-        label = f"{codec.runtimes[graph]}/{label.split('/')[1]}"  # type: ignore[attr-defined]
-    return float(peaks[label]["peak"])
+    runtime, precision = label.split("/")
+    if runtime == "auto":
+        runtime = codec.runtimes[graph]  # type: ignore[attr-defined]
+    return float(peaks[f"{runtime}/{precision.split('-')[0]}"]["peak"])
 
 
 def per_graph(codecs: dict, rgb8: np.ndarray, repeats: int) -> dict[str, dict[str, float]]:
@@ -133,6 +144,8 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "compressor/assets/bmshj2018-hyperprior-q2.pt"))
     ap.add_argument("--images", default=str(ROOT.parent / "shared/data/kodak"))
     ap.add_argument("--count", type=int, default=2, help="first N Kodak images")
+    ap.add_argument("--calibration", default=str(ROOT.parent / "shared/data/wikipedia-photos"),
+                    help="calibration photos (never the evaluation images)")  # fmt: skip
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--deploy", action="store_true", help="also the wheel's size and cold start")
@@ -145,9 +158,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="runtimes.") as tmp:
         work = Path(tmp)
         folders = {"fp32": export_model(model, work / "fp32")}
-        folders["int8"] = work / "int8"
-        cal = [rgb for _, rgb in images[:2]]
-        QUANTIZERS.get("ort-static")(folders["fp32"], folders["int8"], QuantParams(), cal, 1)
+        cal = [rgb for _, rgb in load_images(args.calibration)[:16]]
+        for name, params in INT8.items():
+            folders[name] = work / name
+            QUANTIZERS.get("ort-static")(
+                folders["fp32"], folders[name], QuantParams.model_validate(params), cal, 1
+            )
 
         def codecs(threads: int) -> dict:
             return {k: load_codec(folders[e], threads=threads, runtime=r, precision=p)
@@ -176,8 +192,9 @@ def main() -> None:
                      for k in CONFIGS]  # fmt: skip
             best = min(CONFIGS, key=lambda k: ms[k][g])
             print(f"| {g} | {macs[g] / 1e9:.2f} | " + " | ".join(cells) + f" | {best} |")
-        print("\nruntime auto chose: " + ", ".join(f"{g} {one['auto/int8'].runtimes[g]}"
-                                                  for g in GRAPHS))  # fmt: skip
+        for k in ("auto/int8", "auto/int8-shared"):
+            print(f"\nruntime {k} chose: " + ", ".join(f"{g} {one[k].runtimes[g]}"
+                                                      for g in GRAPHS))  # fmt: skip
         print("\n| config | " + " | ".join(f"{g} 2 threads / 1" for g in GRAPHS) + " |")
         print("|---|" + "---|" * len(GRAPHS))
         for k in CONFIGS:
