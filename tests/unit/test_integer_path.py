@@ -64,6 +64,30 @@ def test_integer_convolutions_equal_exact_int64(transposed: bool) -> None:
     assert layer.bound(2**ri.A_BITS - 1) < ri.ACC_LIMIT
 
 
+@pytest.mark.parametrize("table", ["geometric", "ragged"])
+def test_threshold_counts_equal_the_per_channel_search(table: str) -> None:
+    """The whole-array count of thresholds <= acc is the binary search's, exactly: values on,
+    beside and beyond every threshold, on CompressAI-like (geometric) and arbitrary
+    nondecreasing rows with repeats (where the guess is poor and the search takes over)."""
+    rng = np.random.default_rng(1)
+    c, n = 6, 63
+    if table == "geometric":
+        steps = np.exp(np.linspace(np.log(0.11), np.log(256), n + 1))[:-1]
+        t = np.floor(steps[None] / rng.uniform(1e-6, 1e-3, (c, 1))).astype(np.int64) + 1
+    else:
+        t = np.sort(rng.integers(-(2**40), 2**40, (c, n)), axis=1)
+        t[:, 10:14] = t[:, 10:11]  # repeated thresholds
+    near = (t[:, :, None] + np.array([-1, 0, 1])).reshape(c, -1)
+    far = rng.integers(-(2**46), 2**46, (c, 40))
+    acc = np.concatenate([near, far, np.zeros((c, 2), np.int64)], axis=1)
+    acc = acc[:, rng.permutation(acc.shape[1])][:, : 8 * 24].reshape(c, 8, 24)
+    ref = ri._count_by_search(t, acc)
+    for block in (1, 500, 1 << 16):  # a channel, a few, all of them at a time
+        got = ri.count_at_or_below(t, acc, block=block)
+        assert np.array_equal(got, ref)
+    assert ref.min() == 0 and ref.max() == n
+
+
 def test_requantisation_rounds_half_up() -> None:
     meta = np.array([0, 1, 0, 0, ri.RELU, 0, 2**16 - 1, 2])
     layer = ri.Layer(np.zeros((1, 1, 1, 1), np.int32), np.zeros(1, np.int64),
