@@ -17,10 +17,11 @@ quantization for CNNs, which is what this backend does.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +153,8 @@ def quantize_graph(
         extra["CalibPercentile"] = cal.percentile
     with ort_advice_silenced():
         if overrides is None and params.shared_phase_scale:
-            overrides = _phase_overrides(job, params, dst, keep, only, extra)
+            calibrate = functools.partial(_quantize_static, job, params, dst, keep, only, extra)
+            overrides = _phase_overrides(job, keep, only, calibrate)
         if overrides:
             extra["TensorQuantOverrides"] = overrides
         _quantize_static(job, params, dst, keep, only, extra)
@@ -160,21 +162,17 @@ def quantize_graph(
 
 
 def _phase_overrides(
-    job: GraphJob,
-    params: QuantParams,
-    dst: Path,
-    keep: set[str] | None,
-    only: list[str] | None,
-    extra: dict[str, Any],
+    job: GraphJob, keep: set[str] | None, only: list[str] | None, calibrate: Callable[[], None]
 ) -> dict[str, Any] | None:
-    """quant.phase_scales' overrides for the phase convs this quantization makes INT8."""
+    """quant.phase_scales' overrides for the phase convs this quantization makes INT8;
+    `calibrate` (the plain quantization) writes the range cache when there is none yet."""
     from compressor.quant import phase_scales  # it imports this module (GraphJob)
 
     model = job.model()
     if not phase_scales.phase_groups(model):
         return None
-    if not job.cache.is_file():  # the plain quantization calibrates and writes the ranges
-        _quantize_static(job, params, dst, keep, only, extra)
+    if not job.cache.is_file():
+        calibrate()
     convs = set(qg.conv_names(model)) - set(job.keep if keep is None else keep)
     if only is not None:
         convs &= set(only)

@@ -35,14 +35,19 @@ def phase_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     default PHASE_MIN_CHANNELS, which would give it sub-pixel convs and no Concat). Its
     (I)GDN betas and gammas are made distinct, as a trained model's are: equal ones are merged
     by the ONNX exporter behind Identity nodes, and such a weight leaves a Conv float."""
+    with mock.patch.object(rewrites, "PHASE_MIN_CHANNELS", 0):
+        return export_model(distinct_gdn_model(), tmp_path_factory.mktemp("exp") / "fp32")
+
+
+def distinct_gdn_model() -> torch.nn.Module:
+    """The tiny hyperprior with distinct (I)GDN betas and gammas (see phase_export)."""
     model = tiny_model()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, param in model.net.named_parameters():
             if name.endswith(("beta", "gamma")):
                 param.add_(0.01 * torch.rand(param.shape, generator=gen))
-    with mock.patch.object(rewrites, "PHASE_MIN_CHANNELS", 0):
-        return export_model(model, tmp_path_factory.mktemp("exp") / "fp32")
+    return model
 
 
 def quantize(src: Path, out: Path, **params: object) -> onnx.ModelProto:
@@ -169,14 +174,9 @@ def test_op_lists_and_int8_gdn_is_ort_static_only() -> None:
 def moved_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """phase_export's model exported with gdn_in_phases: each IGDN runs on its deconv's 4
     phases, between the phase Conv and the Concat."""
-    model = tiny_model()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.net.named_parameters():
-            if name.endswith(("beta", "gamma")):
-                param.add_(0.01 * torch.rand(param.shape, generator=gen))
     with mock.patch.object(rewrites, "PHASE_MIN_CHANNELS", 0):
-        return export_model(model, tmp_path_factory.mktemp("exp") / "moved", gdn_in_phases=True)
+        folder = tmp_path_factory.mktemp("exp") / "moved"
+        return export_model(distinct_gdn_model(), folder, gdn_in_phases=True)
 
 
 def test_moved_igdn_squares_run_int8_without_int8_gdn(moved_export: Path, tmp_path: Path) -> None:
