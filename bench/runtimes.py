@@ -2,7 +2,8 @@
 
 Every configuration runs the same export folders (FP32, and its ort-static INT8 copies: the
 shipped recipes' quantization, and the same with shared_phase_scale for OpenVINO; calibrated
-on --calibration photos, never on the evaluation images) on the same Kodak images, interleaved (compressor.compare.compare for whole codecs; A B C ... rounds
+on --calibration photos, never on the evaluation images) on the same Kodak images,
+interleaved (compressor.compare.compare for whole codecs; A B C ... rounds
 per graph). Per-graph throughput is stated as a share of the GEMM peak of the same runtime
 and precision measured in this run (bench/peak.py). --deploy also builds the torch-free wheel
 into a fresh venv and compares its installed size and cold start (process start, import,
