@@ -217,3 +217,18 @@ def test_recipe_refusals_are_one_line_exit_2_before_weights_load(
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert re.search(needle, result.stderr), result.stderr
     assert not out.exists()
+
+
+def test_export_command_option(exports: dict[str, Any], tmp_path: Path) -> None:
+    """`cli.py export --gdn-in-phases`: the moved export; without the rewrite, one line and
+    exit 2 before the checkpoint loads, nothing written."""
+    ckpt, out = str(exports["ckpt"]), tmp_path / "cli"
+    result = CliRunner().invoke(main, ["export", ckpt, "--out", str(out), "--gdn-in-phases"])
+    assert result.exit_code == 0, result.output
+    assert mf.read(out).extra["gdn_in_phases"] is True
+    assert len(qg.conv_names(onnx.load(out / "g_s.onnx"))) == MOVED_CONVS
+    bad = tmp_path / "bad"
+    args = ["export", ckpt, "--out", str(bad), "--gdn-in-phases", "--no-rewrite"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "it needs --rewrite" in result.output
+    assert not bad.exists()
