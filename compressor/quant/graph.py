@@ -162,3 +162,24 @@ def chained(model: onnx.ModelProto, starts: set[str], ops: set[str]) -> set[str]
                 found.add(other.name)
                 todo.append(other)
     return found
+
+
+def phase_groups(model: onnx.ModelProto) -> list[list[onnx.NodeProto]]:
+    """The Conv nodes joined by each Concat that feeds DepthToSpace (the phase convs of a
+    rewritten deconvolution, export.rewrites.PhaseConv), one list per Concat in input order;
+    each Conv's output goes to that Concat only."""
+    producers, consumers = _producers(model), _consumers(model)
+    groups = []
+    for node in model.graph.node:
+        if node.op_type != "Concat" or len(node.input) < 2:
+            continue
+        users = consumers.get(node.output[0], [])
+        if not users or any(u.op_type != "DepthToSpace" for u in users):
+            continue
+        convs = [producers.get(name) for name in node.input]
+        if all(
+            c is not None and c.op_type == "Conv" and len(consumers[c.output[0]]) == 1
+            for c in convs
+        ):
+            groups.append([c for c in convs if c is not None])
+    return groups

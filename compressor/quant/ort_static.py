@@ -169,14 +169,15 @@ def _phase_overrides(
     from compressor.quant import phase_scales  # it imports this module (GraphJob)
 
     model = job.model()
-    if not phase_scales.phase_groups(model):
+    groups = qg.phase_groups(model)
+    if not groups:
         return None
     if not job.cache.is_file():
         calibrate()
     convs = set(qg.conv_names(model)) - set(job.keep if keep is None else keep)
     if only is not None:
         convs &= set(only)
-    return phase_scales.shared_overrides(job, convs) or None
+    return phase_scales.shared_overrides(job, groups, convs) or None
 
 
 def _quantize_static(

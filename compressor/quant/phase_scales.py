@@ -32,44 +32,22 @@ from compressor.quant import overrides as qo
 from compressor.quant.ort_static import GraphJob
 
 
-def phase_groups(model: onnx.ModelProto) -> list[list[str]]:
-    """Output tensors of the Conv nodes joined by a Concat that feeds DepthToSpace, one list
-    per Concat; each Conv's output goes to that Concat only."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    groups = []
-    for node in model.graph.node:
-        if node.op_type != "Concat" or len(node.input) < 2:
-            continue
-        users = consumers.get(node.output[0], [])
-        if not users or any(u.op_type != "DepthToSpace" for u in users):
-            continue
-        convs = [producers.get(name) for name in node.input]
-        if all(
-            c is not None and c.op_type == "Conv" and len(consumers[c.output[0]]) == 1
-            for c in convs
-        ):
-            groups.append(list(node.input))
-    return groups
-
-
-def shared_overrides(job: GraphJob, int8_convs: set[str]) -> dict[str, list[dict[str, Any]]]:
-    """TensorQuantOverrides giving every group of INT8 phase convs one symmetric int8 scale
-    (ORT's own arithmetic over the union of their calibrated ranges); needs the range cache."""
-    model = job.model()
-    producer = {out: node.name for node in model.graph.node for out in node.output}
+def shared_overrides(
+    job: GraphJob, groups: list[list[onnx.NodeProto]], int8_convs: set[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """TensorQuantOverrides giving every group of INT8 phase convs (graph.phase_groups of the
+    job's model) one symmetric int8 output scale: ORT's own arithmetic over the union of
+    their calibrated ranges (the job's range cache, which must exist)."""
     ranges = qo.calibrated_ranges(job)
     out: dict[str, list[dict[str, Any]]] = {}
-    for group in phase_groups(model):
-        if not all(producer[t] in int8_convs and t in ranges for t in group):
+    for group in groups:
+        tensors = [conv.output[0] for conv in group]
+        if not all(conv.name in int8_convs for conv in group) or not set(tensors) <= set(ranges):
             continue
-        lo = min(ranges[t][0] for t in group)
-        hi = max(ranges[t][1] for t in group)
+        lo = min(ranges[t][0] for t in tensors)
+        hi = max(ranges[t][1] for t in tensors)
         scale, zero_point = qo.scale_zp(lo, hi, "int8", symmetric=True)
-        for tensor in group:
+        for tensor in tensors:
             entry = qo.entry(scale, zero_point, "int8")
             entry[0]["quant_type"] = QuantType.QInt8
             out[tensor] = entry
