@@ -200,17 +200,11 @@ def test_moved_igdn_squares_run_int8_without_int8_gdn(moved_export: Path, tmp_pa
 def phase_output_params(model: onnx.ModelProto) -> list[set[tuple[float, int, int]]]:
     """Per Concat feeding DepthToSpace: the (scale, zero point, ONNX type) of its inputs' Q."""
     inits = {i.name: i for i in model.graph.initializer}
-    quant = {n.input[0]: n for n in nodes(model, "QuantizeLinear")}
+    prod = {o: n for n in model.graph.node for o in n.output}
     groups = []
     for cat in nodes(model, "Concat"):
-        prod = {o: n for n in model.graph.node for o in n.output}
-        convs = [prod[dq].input[0] for dq in cat.input]  # DQ <- Q <- phase Conv output
-        params = set()
-        for q_out in convs:
-            q = next(n for n in nodes(model, "QuantizeLinear") if n.output[0] == q_out)
-            scale, zp = qparams(model, quant[q.input[0]])
-            params.add((scale, zp, inits[q.input[2]].data_type))
-        groups.append(params)
+        quants = [prod[prod[dq].input[0]] for dq in cat.input]  # Q -> DQ -> Concat
+        groups.append({(*qparams(model, q), inits[q.input[2]].data_type) for q in quants})
     return groups
 
 
